@@ -1,0 +1,83 @@
+"""Group-aware, stratified validation splits shared by the CNN and the wavelet arm.
+
+A "fold" means the same images for every model: both arms call :func:`cv_folds` with the same
+labels, grouping and seed. Groups are the source mammogram (``group``), the case (``case``) or
+single images (``none``); in every mode, pixel-identical images (same ``pixel_hash``) are merged
+into one group so that a duplicate can never sit on both sides of a split.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from microcal_hpc.dataset import Split
+
+
+def _union_find_labels(keys_a: np.ndarray, keys_b: np.ndarray) -> np.ndarray:
+    """Connected components of images linked by equal ``keys_a`` or equal ``keys_b``."""
+    n = len(keys_a)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for keys in (keys_a, keys_b):
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            j = first.setdefault(k, i)
+            if j != i:
+                ri, rj = find(i), find(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([find(i) for i in range(n)])
+    _, labels = np.unique(roots, return_inverse=True)
+    return labels
+
+
+def split_groups(split: Split, group_by: str = "group") -> np.ndarray:
+    """Integer group label per image: the chosen grouping merged with pixel-identical duplicates."""
+    if group_by == "group":
+        keys = split.groups
+    elif group_by == "case":
+        keys = split.cases
+    elif group_by == "none":
+        keys = np.array([f"#{i}" for i in range(len(split))])
+    else:
+        raise ValueError(f"group_by must be group, case or none; got {group_by!r}")
+    return _union_find_labels(np.asarray(keys).astype(str), np.asarray(split.pixel_hash).astype(str))
+
+
+def cv_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_folds`` (train_idx, val_idx) pairs from StratifiedGroupKFold (shuffled with ``seed``)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels)
+    if len(np.unique(groups)) < n_folds:
+        raise ValueError(f"{len(np.unique(groups))} groups cannot make {n_folds} folds")
+    sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [(np.sort(tr), np.sort(va)) for tr, va in sgkf.split(np.zeros(len(labels)), labels, groups)]
+
+
+def fold_of_each(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index (0..n_folds-1) of every image, as validation fold."""
+    out = np.full(len(labels), -1, dtype=np.int64)
+    for k, (_, va) in enumerate(cv_folds(labels, groups, n_folds, seed)):
+        out[va] = k
+    return out
+
+
+def holdout(labels: np.ndarray, groups: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A group-aware stratified hold-out: (train_idx, val_idx) with about ``val_fraction`` in validation."""
+    n_splits = max(2, int(round(1.0 / val_fraction)))
+    return cv_folds(labels, groups, n_splits, seed)[0]
+
+
+def train_validation_indices(split: Split, group_by: str, seed: int, fold: int | None, folds: int,
+                             val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The (train_idx, val_idx) of the Train split for a fold, or the hold-out when ``fold`` is None."""
+    groups = split_groups(split, group_by)
+    if fold is None:
+        return holdout(split.labels, groups, val_fraction, seed)
+    return cv_folds(split.labels, groups, folds, seed)[fold]
