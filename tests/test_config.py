@@ -1,0 +1,81 @@
+"""The one configuration object: YAML loading, CLI overrides, strict validation."""
+import subprocess
+import sys
+
+import pytest
+
+from microcal_hpc.config import Config, load_config, save_config
+from microcal_hpc.errors import ConfigError
+
+
+def test_defaults_are_valid_and_match_the_reference_study():
+    cfg = load_config()
+    assert cfg.train.epochs == 25 and cfg.train.batch_size == 32
+    assert (cfg.wavelet.wavelet, cfg.wavelet.level, cfg.wavelet.keep_levels) == ("db5", 4, [2, 3, 4])
+    assert set(cfg.campaign.resources) == {"pack", "train", "wavelet_features", "wavelet_classify", "aggregate"}
+
+
+def test_yaml_then_overrides_in_order(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: 7\n  seed: 3\nclassify:\n  classifiers: [rf]\n")
+    cfg = load_config(p, ["train.epochs=2", "classify.classifiers=rf,svm", "wavelet.keep_levels=[3, 4]"])
+    assert cfg.train.epochs == 2 and cfg.train.seed == 3
+    assert cfg.classify.classifiers == ["rf", "svm"]
+    assert cfg.wavelet.keep_levels == [3, 4]
+
+
+def test_partial_resources_keep_other_defaults(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("campaign:\n  resources:\n    train: {gpus_per_node: 2, tasks_per_node: 2}\n")
+    cfg = load_config(p)
+    assert cfg.resources("train").gpus_per_node == 2
+    assert cfg.resources("train").time_min == 60  # ResourceConfig default for unspecified keys
+    assert cfg.resources("aggregate").cpus_per_task == 1  # untouched job type keeps its default
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epoch: 3\n", "unknown key 'epoch' (did you mean 'epochs'?)"),
+    ("trian:\n  epochs: 3\n", "unknown key 'trian'"),
+    ("train:\n  epochs: three\n", "train.epochs: expected an integer"),
+    ("train:\n  epochs: 0\n", "train.epochs must be > 0"),
+    ("train:\n  group_by: patient\n", "train.group_by must be one of group, case, none"),
+    ("train:\n  fold: 5\n  folds: 5\n", "train.fold must be in [0, 4]"),
+    ("wavelet:\n  keep_levels: [5]\n", "level 5 is outside 1..4"),
+    ("campaign:\n  resources:\n    gpu_job: {}\n", "unknown job type"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("train: [1\n", "invalid YAML"),
+])
+def test_bad_config_names_file_and_key(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert message in str(e.value)
+    assert str(p) in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_override_is_rejected():
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(None, ["epochs=3"])
+    with pytest.raises(ConfigError, match="expected true/false"):
+        load_config(None, ["train.jit_compile=maybe"])
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(None, ["train.epochs=3", "campaign.augment_presets=[flips]", "train.fold=2"])
+    save_config(cfg, tmp_path / "used.yaml")
+    again = load_config(tmp_path / "used.yaml")
+    assert again == cfg
+    assert isinstance(again, Config)
+
+
+def test_cli_reports_config_error_in_one_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  epochz: 1\n")
+    r = subprocess.run([sys.executable, "-m", "microcal_hpc", "pack", "--config", str(p), "--data", str(tmp_path),
+                        "--out", str(tmp_path / "x.h5")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("microcal-hpc pack: error:") and "epochz" in lines[-1]
+    assert not (tmp_path / "x.h5").exists()
