@@ -6,7 +6,9 @@ the Horovod one (gradient averaging, variable broadcast, metric averaging, shard
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 from microcal_hpc.config import DistributedConfig
 from microcal_hpc.errors import ConfigError
@@ -62,6 +64,11 @@ class Context:
 
     def pin_device(self) -> None:
         """Choose this rank's GPU (by local rank) when GPUs exist; CPU otherwise."""
+
+    @contextlib.contextmanager
+    def fail_fast(self, logger=None) -> Iterator[None]:
+        """Wrap a job's body: with several ranks, an exception logs and aborts every rank (here: re-raised)."""
+        yield
 
 
 def init_context(cfg: DistributedConfig) -> Context:
