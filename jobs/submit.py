@@ -1,0 +1,23 @@
+"""`microcal-hpc submit`: run a whole campaign (slurm: submit and return; local/debug: run and wait)."""
+from __future__ import annotations
+
+import argparse
+
+from microcal_hpc import cli
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    cli.add_config_arguments(p)
+    p.add_argument("--executor", choices=("slurm", "local", "debug"),
+                   help="slurm: sbatch every job and return; local: run here, waiting, campaign.max_parallel "
+                        "at once; debug: in this process, one after the other (default: campaign.executor)")
+    p.add_argument("--run-dir", help="run directory (default: campaign.run_dir)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (jobs, dependencies, resources) and the sbatch files; submit nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from microcal_hpc.launcher.campaign import submit_campaign
+
+    cfg = cli.config_from_args(args, {"executor": "campaign.executor", "run_dir": "campaign.run_dir"})
+    return submit_campaign(cfg, executor=cfg.campaign.executor, run_dir=cfg.campaign.run_dir, dry_run=args.dry_run)

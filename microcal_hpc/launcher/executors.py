@@ -1,0 +1,295 @@
+"""Three ways to run a campaign plan: SLURM (submitit, returns after submitting), local (submitit's
+LocalExecutor, waits, at most ``campaign.max_parallel`` jobs at once) and debug (in-process, in order).
+
+SLURM: one ``sbatch`` per job, one job array per array group (CV folds, augmentation presets), with
+per-job-type resources from ``campaign.resources`` and the plan's dependencies as SLURM dependencies
+(``afterok``; ``afterany`` for the report; ``--kill-on-invalid-dep=yes`` so that jobs after a failed
+one are cancelled instead of pending forever). Logs: ``RUN/logs/<job id>/``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional, TextIO
+
+from microcal_hpc.config import Config
+from microcal_hpc.launcher import records
+from microcal_hpc.launcher.plan import JobSpec, Plan
+
+SIGNAL_DELAY_MAX_S = 120  # USR2 this long before the time limit: submitit checkpoints and requeues
+FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                 "SKIPPED", "INTERRUPTED", "PREEMPTED")
+
+
+def log_folder(run_dir: str | os.PathLike) -> Path:
+    """submitit's folder: ``RUN/logs/%j`` (one sub-folder per job id; arrays: ``<id>_<index>``)."""
+    return Path(run_dir) / "logs" / "%j"
+
+
+def job_callable(spec: JobSpec) -> Callable[[], Any]:
+    """What submitit pickles for one spec: a Checkpointable for resumable jobs, else a partial."""
+    from microcal_hpc.launcher.worker import CheckpointableJob, run_spec
+
+    if spec.checkpointable:
+        return CheckpointableJob(spec)
+    return functools.partial(run_spec, spec)
+
+
+def signal_delay_s(time_min: int) -> int:
+    """Seconds before the time limit at which SLURM sends USR2 (at most 2 min, at most 1/10 of the limit)."""
+    return int(max(10, min(SIGNAL_DELAY_MAX_S, time_min * 60 // 10)))
+
+
+def _mem(mem_gb: float) -> str:
+    return f"{int(mem_gb)}GB" if float(mem_gb) == int(mem_gb) else f"{int(round(mem_gb * 1024))}MB"
+
+
+def slurm_parameters(cfg: Config, unit: list[JobSpec], dependency: Optional[str] = None) -> dict[str, Any]:
+    """``SlurmExecutor.update_parameters`` keywords of one submission unit (a job or an array)."""
+    spec = unit[0]
+    res = cfg.resources(spec.job_type)
+    name = spec.array if len(unit) > 1 and spec.array else spec.key
+    params: dict[str, Any] = {
+        "job_name": f"mc-{name}",
+        "time": int(res.time_min),
+        "nodes": int(res.nodes),
+        "ntasks_per_node": int(res.tasks_per_node),
+        "cpus_per_task": int(res.cpus_per_task),
+        "mem": _mem(res.mem_gb),
+        "signal_delay_s": signal_delay_s(res.time_min),
+        "array_parallelism": int(res.array_parallelism),
+        "stderr_to_stdout": False,
+    }
+    for key in ("partition", "account", "qos"):
+        if getattr(res, key):
+            params[key] = getattr(res, key)
+    if res.gpus_per_node > 0:
+        params["gres"] = f"gpu:{int(res.gpus_per_node)}"
+    extra: dict[str, Any] = {}
+    if dependency:
+        extra["dependency"] = dependency
+        extra["kill-on-invalid-dep"] = "yes"
+    if spec.checkpointable:
+        extra["requeue"] = True
+    extra.update(res.extra or {})
+    if extra:
+        params["additional_parameters"] = extra
+    return params
+
+
+def dependency_string(unit: list[JobSpec], job_ids: dict[str, str]) -> Optional[str]:
+    """``afterok:12:13_0`` for the unit's dependencies that have a job id (completed ones have none)."""
+    keys = [k for s in unit for k in s.depends_on if k not in {u.key for u in unit}]
+    ids: list[str] = []
+    for k in dict.fromkeys(keys):
+        jid = job_ids.get(k)
+        if jid:
+            base = str(jid).split("_")[0]  # an array's base id waits for all of its tasks
+            if base not in ids:
+                ids.append(base)
+    if not ids:
+        return None
+    return f"{unit[0].dependency}:{':'.join(ids)}"
+
+
+def render_sbatch(cfg: Config, unit: list[JobSpec], run_dir: str | os.PathLike, dependency: Optional[str],
+                  python: Optional[str] = None) -> str:
+    """The sbatch file submitit would write for this unit (for ``--dry-run``)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    params = slurm_parameters(cfg, unit, dependency)
+    folder = log_folder(run_dir)
+    python = python or shlex.quote(sys.executable)
+    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    if len(unit) > 1:
+        params["map_count"] = len(unit)
+    return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+class _Out:
+    """Print helper: progress lines to stdout, flushed."""
+
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def __call__(self, msg: str) -> None:
+        print(msg, file=self.stream, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# SLURM
+
+
+def submit_slurm(cfg: Config, plan: Plan, todo: list[JobSpec], active_ids: dict[str, str],
+                 out: Optional[TextIO] = None) -> dict[str, str]:
+    """Submit ``todo`` with submitit's SlurmExecutor, dependencies as SLURM dependencies; return job ids.
+
+    ``active_ids``: job ids of jobs still pending/running from an earlier submission (dependencies
+    on them are kept). Returns at once: nothing here waits for a job.
+    """
+    import submitit
+
+    say = _Out(out)
+    job_ids: dict[str, str] = dict(active_ids)
+    folder = log_folder(plan.run_dir)
+    for unit in plan.groups(todo):
+        dep = dependency_string(unit, job_ids)
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+        ex.update_parameters(**slurm_parameters(cfg, unit, dep))
+        for spec in unit:
+            records.new_submission(plan.run_dir, spec, "slurm")
+        fns = [job_callable(s) for s in unit]
+        try:
+            jobs = ex.submit_array(fns) if len(unit) > 1 else [ex.submit(fns[0])]
+        except Exception as e:
+            for spec in unit:
+                records.update_record(plan.run_dir, spec.key, state="FAILED", error=f"submission failed: {e}"[:500])
+            raise
+        for i, (spec, job) in enumerate(zip(unit, jobs)):
+            job_ids[spec.key] = job.job_id
+            records.update_record(plan.run_dir, spec.key, launcher=True, job_id=job.job_id, state="PENDING",
+                                  array_index=i if len(unit) > 1 else None, log=str(job.paths.stderr),
+                                  log_out=str(job.paths.stdout), log_err=str(job.paths.stderr), dependency_ids=dep)
+        ids = ", ".join(job.job_id for job in jobs)
+        names = ", ".join(s.name for s in unit)
+        say(f"submitted {unit[0].stage}: {names} -> {ids}" + (f" ({dep})" if dep else ""))
+    return job_ids
+
+
+# ----------------------------------------------------------------------------------------------
+# local
+
+
+def default_max_parallel(cfg: Config) -> int:
+    """``campaign.max_parallel`` or, when 0, one job per two cores."""
+    return cfg.campaign.max_parallel or max(1, (os.cpu_count() or 1) // 2)
+
+
+def _deps_ready(spec: JobSpec, states: dict[str, str]) -> Optional[bool]:
+    """None: wait; True: run; False: skip (an ``afterok`` dependency did not complete)."""
+    deps = [states.get(k, "COMPLETED") for k in spec.depends_on]
+    if any(s not in records.TERMINAL for s in deps):
+        return None
+    if spec.dependency == "afterok" and any(s != "COMPLETED" for s in deps):
+        return False
+    return True
+
+
+def run_local(cfg: Config, plan: Plan, todo: list[JobSpec], out: Optional[TextIO] = None,
+              max_parallel: Optional[int] = None, poll_s: Optional[float] = None) -> dict[str, str]:
+    """Run ``todo`` with submitit's LocalExecutor in dependency order, at most ``max_parallel`` at once;
+    wait until the campaign ends and return {key: final state}."""
+    import submitit
+
+    say = _Out(out)
+    max_parallel = max_parallel or default_max_parallel(cfg)
+    poll_s = cfg.campaign.poll_seconds if poll_s is None else poll_s
+    folder = log_folder(plan.run_dir)
+    states: dict[str, str] = {}  # only keys of this run; others are complete
+    pending = list(todo)
+    running: dict[str, tuple[JobSpec, Any, float]] = {}
+    total, done = len(todo), 0
+    for spec in todo:
+        records.new_submission(plan.run_dir, spec, "local")
+        records.update_record(plan.run_dir, spec.key, state="PENDING", launcher_pid=os.getpid(),
+                              launcher_host=socket.gethostname())
+        states[spec.key] = "PENDING"
+    say(f"local executor: {total} jobs, at most {max_parallel} at once (logs: {Path(plan.run_dir) / 'logs'})")
+
+    def finish(spec: JobSpec, state: str, elapsed: float, note: str = "") -> None:
+        nonlocal done
+        done += 1
+        states[spec.key] = state
+        say(f"[{done}/{total}] {spec.stage}/{spec.name}: {state} after {elapsed:.1f} s{note}")
+
+    try:
+        while pending or running:
+            for key, (spec, job, t0) in list(running.items()):
+                if not job.done():
+                    continue
+                del running[key]
+                exc = job.exception()
+                rec = records.read_record(plan.run_dir, key)
+                if exc is None:
+                    state = "COMPLETED"
+                else:
+                    timed_out = time.time() - t0 >= cfg.resources(spec.job_type).time_min * 60
+                    state = "TIMEOUT" if timed_out else "FAILED"
+                    err = rec.get("error") or str(exc).strip().splitlines()[-1][:500]
+                    records.update_record(plan.run_dir, key, state=state, ended=rec.get("ended") or records.now(),
+                                          error=err)
+                finish(spec, state, time.time() - t0, "" if exc is None else f" (log: {job.paths.stderr})")
+            for spec in list(pending):
+                if len(running) >= max_parallel:
+                    break
+                ready = _deps_ready(spec, states)
+                if ready is None:
+                    continue
+                pending.remove(spec)
+                if ready is False:
+                    failed = [k for k in spec.depends_on if states.get(k, "COMPLETED") != "COMPLETED"]
+                    records.update_record(plan.run_dir, spec.key, state="SKIPPED", ended=records.now(),
+                                          error=f"not run: dependency {', '.join(failed)} did not complete")
+                    finish(spec, "SKIPPED", 0.0, f" (dependency {', '.join(failed)} did not complete)")
+                    continue
+                res = cfg.resources(spec.job_type)
+                ex = submitit.LocalExecutor(folder=folder, max_num_timeout=3)
+                ex.update_parameters(timeout_min=res.time_min, tasks_per_node=1, gpus_per_node=res.gpus_per_node,
+                                     signal_delay_s=signal_delay_s(res.time_min))
+                job = ex.submit(job_callable(spec))
+                records.update_record(plan.run_dir, spec.key, launcher=True, job_id=job.job_id, state="PENDING",
+                                      log=str(job.paths.stderr), log_out=str(job.paths.stdout),
+                                      log_err=str(job.paths.stderr))
+                running[spec.key] = (spec, job, time.time())
+                say(f"started {spec.stage}/{spec.name} (job {job.job_id}; {len(running)} running, "
+                    f"{len(pending)} waiting)")
+            if running:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        for key, (spec, job, _t0) in running.items():
+            job.cancel(check=False)
+            records.update_record(plan.run_dir, key, state="CANCELLED", ended=records.now(), error="interrupted")
+        for spec in pending:
+            records.update_record(plan.run_dir, spec.key, state="CANCELLED", error="interrupted before start")
+        raise
+    return states
+
+
+# ----------------------------------------------------------------------------------------------
+# debug
+
+
+def run_debug(cfg: Config, plan: Plan, todo: list[JobSpec], out: Optional[TextIO] = None) -> dict[str, str]:
+    """Run ``todo`` in this process, one after the other (tracebacks on stderr; no pickling)."""
+    from microcal_hpc.launcher.worker import run_spec
+
+    say = _Out(out)
+    states: dict[str, str] = {}
+    for spec in todo:
+        records.new_submission(plan.run_dir, spec, "debug")
+        records.update_record(plan.run_dir, spec.key, state="PENDING", job_id=f"debug-{spec.key}",
+                              launcher_pid=os.getpid(), launcher_host=socket.gethostname(), log=spec.job_log,
+                              log_err=spec.job_log)
+    for i, spec in enumerate(todo, 1):
+        ready = _deps_ready(spec, {**states})
+        t0 = time.time()
+        if ready is False:
+            records.update_record(plan.run_dir, spec.key, state="SKIPPED", ended=records.now(),
+                                  error="not run: a dependency did not complete")
+            states[spec.key] = "SKIPPED"
+        else:
+            say(f"[{i}/{len(todo)}] running {spec.stage}/{spec.name} in-process")
+            try:
+                run_spec(spec)
+                states[spec.key] = "COMPLETED"
+            except Exception:
+                traceback.print_exc()
+                states[spec.key] = "FAILED"
+        say(f"[{i}/{len(todo)}] {spec.stage}/{spec.name}: {states[spec.key]} after {time.time() - t0:.1f} s")
+    return states

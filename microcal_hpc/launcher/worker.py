@@ -1,0 +1,202 @@
+"""Run one :class:`~microcal_hpc.launcher.plan.JobSpec` inside a job (submitit, mpiexec or in-process).
+
+``run_spec(spec)`` imports the job function, calls ``function(config, *args)`` and keeps the job's
+record up to date (RUNNING, then COMPLETED or FAILED, with host, times and ``CUDA_VISIBLE_DEVICES``).
+Only rank 0 of a multi-task (MPI) job writes the record.
+
+A spec with several tasks started as ONE process (local executor) re-launches itself under
+``mpiexec -n TASKS`` so that the wavelet features job is MPI-parallel locally as under ``srun``.
+
+Fault injection for tests: ``MICROCAL_FAIL_JOBS=key1,key2`` makes those jobs raise before they start.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from microcal_hpc.launcher import records
+from microcal_hpc.launcher.plan import JobSpec
+
+FAULT_ENV = "MICROCAL_FAIL_JOBS"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a job listed in MICROCAL_FAIL_JOBS (tests of failure handling)."""
+
+
+def _world() -> tuple[int, int]:
+    """(rank, size) as set by the launcher of this process (srun, mpiexec), without importing MPI."""
+    from microcal_hpc.distributed import launched_world_size
+
+    size = launched_world_size()
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(var) not in (None, ""):
+            return int(os.environ[var]), size
+    return 0, size
+
+
+def _job_ids() -> dict[str, Any]:
+    """Job id and array index of the current cluster/local job, as submitit sees them."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        array_job, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+        job_id = f"{array_job}_{task}" if array_job and task else env["SLURM_JOB_ID"]
+        return {"job_id": job_id, "array_index": int(task) if task else None,
+                "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0)}
+    if env.get("SUBMITIT_LOCAL_JOB_ID"):
+        return {"job_id": env["SUBMITIT_LOCAL_JOB_ID"]}
+    return {}
+
+
+def resolve_function(name: str):
+    """``"module:function"`` -> the function."""
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _mpiexec_command(spec_file: Path, tasks: int) -> list[str]:
+    mpiexec = shutil.which("mpiexec") or shutil.which("mpirun")
+    if not mpiexec:
+        raise RuntimeError("mpiexec not found on PATH: the wavelet features job needs MPI "
+                           "(Debian: apt-get install openmpi-bin), or set "
+                           "campaign.resources.wavelet_features.tasks_per_node=1")
+    return [mpiexec, "-n", str(tasks), sys.executable, "-m", "microcal_hpc.launcher.worker", str(spec_file)]
+
+
+def _run_under_mpiexec(spec: JobSpec) -> Any:
+    """Re-launch this spec as ``tasks`` MPI ranks and wait; raise if any rank failed."""
+    folder = Path(spec.run_dir) / "logs" / "mpi"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_file = folder / f"{spec.key}.{os.getpid()}.pkl"
+    spec_file.write_bytes(pickle.dumps(spec))
+    env = dict(os.environ)
+    env["MICROCAL_UNDER_MPIEXEC"] = "1"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Open MPI refuses root without these
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")  # more ranks than cores
+    cmd = _mpiexec_command(spec_file, spec.tasks)
+    print(f"[microcal-hpc] {spec.key}: {' '.join(cmd)}", flush=True)
+    try:
+        rc = subprocess.call(cmd, env=env)
+    finally:
+        spec_file.unlink(missing_ok=True)
+    if rc != 0:
+        raise RuntimeError(f"{spec.key}: mpiexec -n {spec.tasks} exited with code {rc}")
+    return [str(p) for p in spec.outputs]
+
+
+def _call(spec: JobSpec) -> Any:
+    failing = {k.strip() for k in os.environ.get(FAULT_ENV, "").split(",") if k.strip()}
+    if spec.key in failing:
+        raise InjectedFault(f"{spec.key}: failure injected by {FAULT_ENV} (test hook)")
+    fn = resolve_function(spec.function)
+    return fn(spec.config, *spec.args)
+
+
+def run_spec(spec: JobSpec) -> Any:
+    """Run one job spec here and now, keeping its record up to date; return the job's result."""
+    rank, size = _world()
+    if spec.tasks > 1 and size == 1 and not os.environ.get("MICROCAL_UNDER_MPIEXEC"):
+        runner = _run_under_mpiexec
+    else:
+        runner = _call
+    writes = rank == 0
+    run_dir = spec.run_dir
+    t0 = time.time()
+    if writes:
+        ranks = spec.tasks if runner is _run_under_mpiexec else size
+        records.update_record(run_dir, spec.key, state="RUNNING", started=records.now(), ended=None,
+                              host=socket.gethostname(), pid=os.getpid(), ranks=ranks,
+                              cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), error=None,
+                              **_job_ids())
+    if writes and spec.key == "aggregate":
+        _reconcile_before_report(run_dir)
+    try:
+        result = runner(spec)
+    except Exception as e:  # the job failed: record why, let submitit/the caller see the exception
+        if writes:
+            line = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            records.update_record(run_dir, spec.key, state="FAILED", ended=records.now(),
+                                  elapsed_s=round(time.time() - t0, 1), error=line)
+        raise
+    except BaseException as e:  # SystemExit (submitit requeue after a signal), KeyboardInterrupt
+        if writes:
+            requeued = records.read_record(run_dir, spec.key).get("state") == "REQUEUED"
+            fields = {} if requeued else {"state": "INTERRUPTED", "error": type(e).__name__}
+            records.update_record(run_dir, spec.key, ended=records.now(),
+                                  elapsed_s=round(time.time() - t0, 1), **fields)
+        raise
+    if writes:
+        records.update_record(run_dir, spec.key, state="COMPLETED", ended=records.now(),
+                              elapsed_s=round(time.time() - t0, 1), result=_jsonable(result))
+        if spec.key == "aggregate":
+            records.mark_manifest_ended(run_dir)
+    return result
+
+
+def _reconcile_before_report(run_dir: str) -> None:
+    """The report reads the records: first write SLURM's final states of jobs that could not."""
+    from microcal_hpc.launcher.status import reconcile
+
+    try:
+        changed = reconcile(run_dir, skip=("aggregate",))
+    except Exception as e:  # never let bookkeeping stop the report
+        print(f"[microcal-hpc] could not reconcile job states with SLURM: {e}", file=sys.stderr, flush=True)
+        return
+    for key, state in changed.items():
+        print(f"[microcal-hpc] {key}: {state} (from SLURM)", file=sys.stderr, flush=True)
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, (str, int, float, bool)) or result is None:
+        return result
+    if isinstance(result, os.PathLike):
+        return str(result)
+    if isinstance(result, (list, tuple)):
+        return [_jsonable(r) for r in result]
+    return repr(result)[:500]
+
+
+class CheckpointableJob(submitit.helpers.Checkpointable):
+    """A resumable job (CNN training): on preemption or time-out submitit calls :meth:`checkpoint`,
+    which resubmits this same object; the job resumes from its last saved epoch when re-run."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def __call__(self) -> Any:
+        return run_spec(self.spec)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # train_job saves a checkpoint after every epoch and resumes from it: requeue = the same call
+        records.update_record(self.spec.run_dir, self.spec.key, state="REQUEUED", requeued=records.now())
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"CheckpointableJob({self.spec.key})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m microcal_hpc.launcher.worker SPEC.pkl``: run a pickled spec (one MPI rank)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m microcal_hpc.launcher.worker SPEC.pkl", file=sys.stderr)
+        return 2
+    spec = pickle.loads(Path(argv[0]).read_bytes())
+    _call(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Stop the cluster that start.sh started from DIR: SIGTERM to every recorded PID (slurmd and
+# slurmctld first, MariaDB and munged last), wait, then SIGKILL what is left. Safe to call twice.
+#
+#   bash tests/slurm_cluster/stop.sh DIR
+set -uo pipefail
+
+DIR="${1:?usage: stop.sh STATE_DIR}"
+PIDS_FILE="$DIR/pids"
+[ -f "$PIDS_FILE" ] || { echo "[slurm-cluster] nothing to stop: $PIDS_FILE not found" >&2; exit 0; }
+WAIT="${SLURM_CLUSTER_STOP_WAIT:-15}"
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# reverse start order: jobs' daemons before the database and the authentication they need
+mapfile -t entries < <(tac "$PIDS_FILE")
+for entry in "${entries[@]}"; do
+  name="${entry%% *}"; pid="${entry##* }"
+  [ -n "$pid" ] || continue
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null
+    end=$((SECONDS + WAIT))
+    while alive "$pid" && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
+    if alive "$pid"; then
+      echo "[slurm-cluster] $name ($pid) ignored SIGTERM for ${WAIT}s: SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null
+    fi
+  fi
+done
+for entry in "${entries[@]}"; do
+  pid="${entry##* }"
+  alive "$pid" && kill -KILL "$pid" 2>/dev/null
+done
+rm -f "$PIDS_FILE"
+echo "[slurm-cluster] stopped (state kept in $DIR)" >&2
+exit 0

@@ -1,0 +1,188 @@
+"""The SLURM executor against a mocked cluster (submitit's MockedSubprocess fakes sbatch, sacct, scancel).
+
+A campaign is submitted through the real `microcal-hpc submit` code path: the sbatch files are
+checked line by line; then sacct reports some jobs failed, cancelled or timed out: `status` shows
+them so and a second `submit` resubmits exactly those (and a new report job), not the completed ones.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from submitit.core.test_core import MockedSubprocess
+
+from microcal_hpc import cli
+from microcal_hpc.launcher import records, status
+
+SETTINGS = ["campaign.cv_folds=5", "campaign.augment_presets=[flips]", "campaign.resources.train.array_parallelism=2",
+            "campaign.resources.train.gpus_per_node=1", "campaign.resources.train.partition=gpu",
+            "campaign.resources.wavelet_features.tasks_per_node=2", "classify.classifiers=[lr,nb]",
+            "classify.feature_sets=[coeffs]"]
+
+
+class Cluster(MockedSubprocess):
+    """MockedSubprocess that also records every command and lets a test set per-task array states."""
+
+    def __init__(self):
+        super().__init__(known_cmds=["srun", "sbatch", "sacct", "scancel"])
+        self.calls: list[list[str]] = []
+
+    def __call__(self, command, **kwargs):
+        if command[0] not in ("sbatch", "sacct", "scancel", "squeue"):  # uname, git ...: the real thing
+            return self._subprocess_check_output(command, **kwargs)
+        self.calls.append(list(command))
+        if command[0] == "squeue":  # nothing queued that sacct does not already know
+            return b""
+        return super().__call__(command, **kwargs)
+
+    def set_states(self, states: dict[str, str]) -> None:
+        """{job id (``12`` or ``12_3``): state}, replacing sacct's answers for those jobs."""
+        by_base: dict[str, list[str]] = {}
+        for jid, state in states.items():
+            by_base.setdefault(jid.split("_")[0], []).append(f"{jid}|{state}\n{jid}.0|{state}")
+        for base, lines in by_base.items():
+            self.job_sacct[base] = "\n".join([self.SACCT_HEADER, *lines])
+
+
+def _submit(cluster: Cluster, run: Path, tmp_path: Path, *extra: str) -> int:
+    args = ["submit", "--executor", "slurm", "--run-dir", str(run), "--set", f"data.root={tmp_path / 'tree'}"]
+    for s in SETTINGS:
+        args += ["--set", s]
+    with cluster.context():
+        return cli.main(args + list(extra))
+
+
+def _sbatch_files(run: Path) -> dict[str, str]:
+    """{job name: sbatch text} of every submission file under RUN/logs."""
+    out = {}
+    for p in sorted((run / "logs").glob("*/*_submission.sh")):
+        text = p.read_text()
+        name = re.search(r"--job-name=(\S+)", text).group(1)
+        out.setdefault(name, text)
+    return out
+
+
+def _touch(path: str, text: str = "{}") -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+@pytest.mark.timeout(120)
+def test_submit_status_and_resubmit_on_a_mocked_cluster(tmp_path, capsys):
+    run = tmp_path / "run"
+    cluster = Cluster()
+    assert _submit(cluster, run, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "12 to submit" in out and f"microcal-hpc status --run-dir {run}" in out
+
+    recs = records.read_records(run)
+    assert len(recs) == 12
+    ids = {k: r["job_id"] for k, r in recs.items()}
+    assert all(r["state"] == "PENDING" and r["executor"] == "slurm" for r in recs.values())
+    # one array for the 5 folds (submitit ids <id>_<index>), one job for the single augmentation preset
+    fold_base = ids["cnn-fold-0"].split("_")[0]
+    assert [ids[f"cnn-fold-{k}"] for k in range(5)] == [f"{fold_base}_{k}" for k in range(5)]
+    assert [recs[f"cnn-fold-{k}"]["array_index"] for k in range(5)] == list(range(5))
+    sbatch_calls = [c for c in cluster.calls if c[0] == "sbatch"]
+    assert len(sbatch_calls) == 8  # pack, official, folds (array), augment, features, classify, baseline, report
+
+    files = _sbatch_files(run)
+    pack_id = ids["pack"]
+    folds = files["mc-cnn-folds"]
+    for line in ["#SBATCH --array=0-4%2", "#SBATCH --gres=gpu:1", "#SBATCH --partition=gpu",
+                 f"#SBATCH --dependency=afterok:{pack_id}", "#SBATCH --kill-on-invalid-dep=yes",
+                 "#SBATCH --requeue", f"#SBATCH --output={run}/logs/%A_%a/%A_%a_0_log.out",
+                 f"#SBATCH --error={run}/logs/%A_%a/%A_%a_0_log.err"]:
+        assert line in folds, line
+    feat = files["mc-wavelet-features"]
+    assert "#SBATCH --ntasks-per-node=2" in feat and "--gres" not in feat and "--requeue" not in feat
+    assert f"#SBATCH --dependency=afterok:{ids['wavelet-features']}" in files["mc-wavelet-classify"]
+    assert "--dependency" not in files["mc-pack"]
+    agg_dep = re.search(r"--dependency=(\S+)", files["mc-aggregate"]).group(1)
+    assert agg_dep.startswith("afterany:")
+    assert set(agg_dep.split(":")[1:]) == {ids[k].split("_")[0] for k in ids if k != "aggregate"}
+    assert recs["cnn-fold-3"]["log_err"] == str(run / "logs" / ids["cnn-fold-3"] / f"{ids['cnn-fold-3']}_0_log.err")
+    assert json.loads((run / "manifest.json").read_text())["submissions"][0]["executor"] == "slurm"
+
+    # the cluster ran some of them: completed ones wrote their outputs
+    plan_outputs = {k: r["outputs"] for k, r in recs.items()}
+    done = ["pack", "cnn-official", "cnn-fold-0", "cnn-fold-1", "cnn-fold-2", "baseline-greylevel-rf"]
+    for k in done:
+        for o in plan_outputs[k]:
+            _touch(o)
+        records.update_record(run, k, state="COMPLETED", job_id=ids[k])
+    cluster.set_states({ids[k]: "COMPLETED" for k in done})
+    cluster.set_states({f"{fold_base}_{k}": s for k, s in
+                        enumerate(["COMPLETED", "COMPLETED", "COMPLETED", "FAILED", "CANCELLED by 0"])})
+    cluster.set_states({ids["cnn-augment-flips"]: "TIMEOUT", ids["wavelet-features"]: "RUNNING",
+                        ids["wavelet-classify"]: "PENDING", ids["aggregate"]: "PENDING"})
+    records.update_record(run, "cnn-fold-3", state="FAILED", error="ValueError: injected")
+
+    with cluster.context():
+        assert cli.main(["status", "--run-dir", str(run)]) == 0
+    table = capsys.readouterr().out
+    states = {line.split()[0] + "/" + line.split()[1]: line.split()[2] for line in table.splitlines()[1:13]}
+    assert states == {"pack/pack": "COMPLETED", "cnn/official": "COMPLETED", "cnn/fold-0": "COMPLETED",
+                      "cnn/fold-1": "COMPLETED", "cnn/fold-2": "COMPLETED", "cnn/fold-3": "FAILED",
+                      "cnn/fold-4": "CANCELLED", "cnn/augment-flips": "TIMEOUT", "wavelet/features": "RUNNING",
+                      "wavelet/classify": "PENDING", "baseline/greylevel-rf": "COMPLETED",
+                      "report/aggregate": "PENDING"}, table
+    assert f"logs/{ids['cnn-fold-3']}/{ids['cnn-fold-3']}_0_log.err" in table
+    assert "cnn/fold-3: ValueError: injected" in table
+
+    # second submit: the failed, cancelled and timed-out jobs again, a new report; nothing else
+    cluster.calls.clear()
+    assert _submit(cluster, run, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "6 complete, 2 still running, 4 to submit" in out
+    recs2 = records.read_records(run)
+    resubmitted = {k for k in recs2 if recs2[k]["job_id"] != ids[k]}
+    assert resubmitted == {"cnn-fold-3", "cnn-fold-4", "cnn-augment-flips", "aggregate"}
+    assert ["scancel", ids["aggregate"]] in cluster.calls  # the old report would not wait for the new jobs
+    new_folds = [p for p in (run / "logs").glob("*/*_submission.sh")
+                 if "mc-cnn-folds" in p.read_text() and recs2["cnn-fold-3"]["job_id"].split("_")[0] in p.name]
+    assert len(new_folds) == 1
+    text = new_folds[0].read_text()
+    assert "#SBATCH --array=0-1%2" in text and "--dependency" not in text  # pack is complete: no dependency
+    assert recs2["cnn-fold-3"]["history"][-1]["state"] == "FAILED"
+    agg = re.search(r"--dependency=(\S+)", (run / "logs" / recs2["aggregate"]["job_id"] /
+                                            f"{recs2['aggregate']['job_id']}_submission.sh").read_text()).group(1)
+    assert set(agg.split(":")[1:]) == {recs2[k]["job_id"].split("_")[0] for k in
+                                       ("cnn-fold-3", "cnn-augment-flips", "wavelet-features", "wavelet-classify")}
+
+    # everything completes: a third submit has nothing to do
+    for k in ("cnn-fold-3", "cnn-fold-4", "cnn-augment-flips", "wavelet-features", "wavelet-classify", "aggregate"):
+        for o in recs2[k]["outputs"]:
+            _touch(o)
+    cluster.set_states({recs2[k]["job_id"]: "COMPLETED" for k in recs2})
+    cluster.calls.clear()
+    assert _submit(cluster, run, tmp_path) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert not [c for c in cluster.calls if c[0] == "sbatch"]
+
+
+def test_dry_run_prints_plan_and_sbatch_and_submits_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    cluster = Cluster()
+    assert _submit(cluster, run, tmp_path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert not [c for c in cluster.calls if c[0] == "sbatch"] and not (run / "jobs").exists()
+    assert "cnn/fold-4" in out and "afterany:all" in out and "dry run: nothing submitted" in out
+    assert "# ---- sbatch for cnn-folds (array of 5)" in out and "#SBATCH --array=0-4%2" in out
+    assert "#SBATCH --dependency='afterok:<pack>'" in out  # shell-quoted placeholder
+    assert "#SBATCH --dependency='afterok:<wavelet-features>'" in out
+
+
+def test_status_reconcile_writes_slurm_states_into_records(tmp_path, capsys):
+    run = tmp_path / "run"
+    cluster = Cluster()
+    assert _submit(cluster, run, tmp_path) == 0
+    ids = {k: r["job_id"] for k, r in records.read_records(run).items()}
+    cluster.set_states({ids["cnn-official"]: "CANCELLED by 0", ids["pack"]: "OUT_OF_MEMORY"})
+    with cluster.context():
+        changed = status.reconcile(run, skip=("aggregate",))
+    assert changed == {"cnn-official": "CANCELLED", "pack": "OUT_OF_MEMORY"}
+    rec = records.read_record(run, "cnn-official")
+    assert rec["state"] == "CANCELLED" and rec["state_source"] == "sacct" and rec["ended"]
