@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -91,5 +92,14 @@ def run(args: argparse.Namespace) -> int:
         args.config = str(run_dir / "config.yaml")
     cfg = config_from_args(args)
     path = aggregate_job(cfg, str(run_dir), force=args.force)
+    try:
+        meta = json.loads((report_dir(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    if meta.get("complete") is False:
+        st = meta.get("status", {})
+        n = sum(len(st.get(k, [])) for k in ("missing", "incomplete", "failed_jobs", "unfinished_jobs"))
+        print(f"microcal-hpc aggregate: warning: partial run: {n} job output(s) missing, incomplete, failed or "
+              f"unfinished; the report lists them ({path})", file=sys.stderr)
     print(path)
     return 0

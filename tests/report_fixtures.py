@@ -21,7 +21,8 @@ from typing import Any, Optional
 import numpy as np
 
 from microcal_hpc.atomic import write_json
-from microcal_hpc.config import Config, load_config, save_config
+from microcal_hpc.config import Config, load_config
+from microcal_hpc.launcher import records as R
 from microcal_hpc.metrics import binary_metrics
 
 FOLDS = 5
@@ -182,10 +183,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
                              "classify.classifiers=[rf,svm]", "classify.feature_sets=[coeffs,stats]",
                              "report.bootstrap=200", "report.gallery_size=6", "train.epochs=4"] + list(overrides or []))
     run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
-    write_json(run / "manifest.json", {"package": "microcal-hpc 0.1.0", "git_commit": "0123456789abcdef",
-                                       "host": "fabricated-node", "versions": {"python": "3.11.7", "numpy": "1.26.4"},
-                                       "start": "2024-01-01T10:00:00", "end": "2024-01-01T10:30:00"})
+    R.write_manifest(run, cfg, "local", ["fabricated"])  # the launcher's own writer: config.yaml + manifest.json
     splits = synthetic_splits(seed)
     write_packed(run / "data" / "packed.h5", splits)
     tr_split = load_split(run / "data" / "packed.h5", "train", images=False)
@@ -196,9 +194,14 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
     records = []
 
     def record(name: str, stage: str, state: str, folder: str, elapsed: float = 12.0) -> None:
-        records.append((name, {"stage": stage, "name": name, "state": state, "job_id": f"{1000 + len(records)}",
-                               "start": "2024-01-01T10:00:00", "end": f"2024-01-01T10:00:{int(elapsed):02d}",
-                               "node": "node01", "log": f"{run}/{folder}/train.log"}))
+        rec = {"stage": stage, "name": name, "state": state, "job_id": f"{1000 + len(records)}",
+               "started": "2024-01-01T10:00:00+00:00", "ended": f"2024-01-01T10:00:{int(elapsed):02d}+00:00",
+               "host": "node01", "job_log": f"{run}/{folder}/train.log", "log": f"{run}/logs/{1000 + len(records)}.err"}
+        if state == "FAILED":
+            rec["error"] = "RuntimeError: fabricated failure"
+        else:
+            rec["elapsed_s"] = elapsed
+        records.append((f"{stage}-{name}", rec))
 
     # ---- CNN single runs
     tr_idx, va_idx = train_validation_indices(tr_split, "group", 0, None, FOLDS, 0.2)
@@ -208,7 +211,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         write_json(folder / "history.json", _history(4, rng))
         (folder / "train.log").write_text("epoch 1\n")
         if name in failed:
-            record(name, "train", "FAILED", f"cnn/{name}")
+            record(name, "cnn", "FAILED", f"cnn/{name}")
             continue
         test = _part(te, all_test, known_scores(te["labels"], *fg, rng))
         val = _part(tr, va_idx, known_scores(tr["labels"][va_idx], *CNN_HOLDOUT_FG, rng))
@@ -218,7 +221,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
                                                      train={"loss": 0.2, "accuracy": 0.93}))
         exp[f"cnn/{name}"] = {"test": _fg_of(te["labels"], fg), "val": _fg_of(tr["labels"][va_idx], CNN_HOLDOUT_FG),
                               "test_prob": test["prob"], "val_prob": val["prob"], "val_labels": val["labels"]}
-        record(name, "train", "COMPLETED", f"cnn/{name}")
+        record(name, "cnn", "COMPLETED", f"cnn/{name}")
     # ---- CNN folds
     exp["cnn/folds"] = {}
     for k in range(FOLDS):
@@ -229,7 +232,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "history.json", _history(4, rng))
         if name in failed:
-            record(name, "train", "FAILED", f"cnn/{name}")
+            record(name, "cnn", "FAILED", f"cnn/{name}")
             continue
         idx = np.flatnonzero(fold == k)
         test = _part(te, all_test, known_scores(te["labels"], *CNN_OFFICIAL_FG, rng))
@@ -237,7 +240,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         _save_preds(folder, test, val)
         write_json(folder / "metrics.json", _metrics("cnn", "cnn", name, test, val, 0.5, fold=k))
         exp["cnn/folds"][k] = _fg_of(tr["labels"][idx], CNN_FOLD_FG[k])
-        record(name, "train", "COMPLETED", f"cnn/{name}")
+        record(name, "cnn", "COMPLETED", f"cnn/{name}")
     # ---- wavelet classifiers (svm: decision scores, threshold 0) and the baseline
     all_train = np.arange(len(tr["labels"]))
 
@@ -263,7 +266,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         exp[f"wavelet/{key}"] = {"test": _fg_of(te["labels"], WAVELET_TEST_FG[key]),
                                  "folds": {k: _fg_of(tr["labels"][fold == k], fold_fg(fg, k)) for k in range(FOLDS)},
                                  "test_prob": test["prob"], "val_prob": val["prob"], "threshold": thr}
-    record("wavelet-classify", "wavelet_classify", "COMPLETED", "wavelet")
+    record("classify", "wavelet", "COMPLETED", "wavelet")
     folder = run / "baseline" / "greylevel-rf"
     test = _part(te, all_test, known_scores(te["labels"], *BASELINE_TEST_FG, rng))
     val = _part(tr, all_train, oof(BASELINE_FG), fold)
@@ -273,9 +276,11 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
     exp["baseline/greylevel-rf"] = {"test": _fg_of(te["labels"], BASELINE_TEST_FG),
                                     "folds": {k: _fg_of(tr["labels"][fold == k], fold_fg(BASELINE_FG, k))
                                               for k in range(FOLDS)}}
-    record("baseline", "baseline", "COMPLETED", "baseline/greylevel-rf")
-    for name, rec in records:
-        write_json(run / "jobs" / f"{rec['stage']}-{name}.json", rec)
+    record("greylevel-rf", "baseline", "COMPLETED", "baseline/greylevel-rf")
+    records.append(("aggregate", {"stage": "report", "name": "aggregate", "state": "RUNNING", "job_id": "2000",
+                                  "started": "2024-01-01T10:01:00+00:00"}))  # the report job itself, running
+    for key, rec in records:
+        R.update_record(run, key, **rec)
     exp["fold"] = fold
     exp["splits"] = splits
     return FabricatedRun(run, cfg, exp)

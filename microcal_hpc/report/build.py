@@ -68,14 +68,22 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
 def provenance_table(coll: RunCollection, packed_sha: Optional[str]) -> T.Table:
     """Versions, git commit, host, times (from the launcher's manifest.json) and the data file checksum."""
     rows = []
-    if coll.manifest:
-        rows += [{"item": k, "value": v, "source": "manifest.json"} for k, v in _flatten(coll.manifest)]
-    have = {r["item"].split(".")[-1].lower() for r in rows}
-    for k, v in environment_versions().items():
-        if k.lower() not in have:
-            rows.append({"item": k, "value": v, "source": "report environment"})
+    m = dict(coll.manifest or {})
+    m.pop("config", None)  # shown in full below the table
+    m.pop("schema", None)
+    subs = m.pop("submissions", None)
+    for k, v in _flatten(m):
+        rows.append({"item": k, "value": v, "source": "manifest.json"})
+    if isinstance(subs, list) and subs:
+        last = subs[-1] if isinstance(subs[-1], dict) else {}
+        rows.append({"item": "submissions", "value": f"{len(subs)} (last: {last.get('time', '?')}, executor "
+                     f"{last.get('executor', '?')}, {len(last.get('jobs') or [])} jobs)", "source": "manifest.json"})
+    if not any(w in r["item"].lower() for r in rows for w in ("librar", "version")):
+        rows += [{"item": k, "value": v, "source": "report environment"} for k, v in environment_versions().items()]
     if not any("commit" in r["item"].lower() for r in rows):
         rows.append({"item": "git commit", "value": git_commit() or "unknown", "source": "report environment"})
+    rows.append({"item": "report built with", "value": f"microcal-hpc {__version__}, commit {git_commit() or 'unknown'}",
+                 "source": "report environment"})
     rows.append({"item": "packed data sha256", "value": packed_sha or "packed data file not found",
                  "source": str(coll.packed) if coll.packed else "data/packed.h5"})
     basis = "manifest.json written by the launcher" if coll.manifest else \

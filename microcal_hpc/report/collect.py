@@ -24,7 +24,7 @@ from microcal_hpc.errors import InputError
 PREDICTION_SPLITS = ("test", "val")
 PREDICTION_FIELDS = ("ids", "labels", "prob", "groups")
 # launcher/SLURM states: success, still going, everything else is a failure
-SUCCESS_STATES = {"COMPLETED", "DONE", "FINISHED", "SUCCESS", "SUCCEEDED", "SKIPPED", "CACHED"}
+SUCCESS_STATES = {"COMPLETED", "DONE", "FINISHED", "SUCCESS", "SUCCEEDED", "CACHED"}  # SKIPPED: a dependency failed
 ACTIVE_STATES = {"PENDING", "RUNNING", "SUBMITTED", "QUEUED", "CONFIGURING", "COMPLETING", "REQUEUED",
                  "SUSPENDED", "UNKNOWN", "READY"}
 
@@ -95,23 +95,30 @@ class ModelRun:
 class JobRecord:
     """One launcher record ``RUN/jobs/<job>.json``, normalised."""
 
+    key: str  # RUN/jobs/<key>.json
     name: str
     stage: str
     state: str
     job_id: str
     elapsed_s: Optional[float]
     node: str
-    log: str
+    log: str  # the job's own log file when recorded, else the launcher's stderr file
+    error: str
     path: Path
     raw: dict[str, Any]
 
     @property
+    def is_report(self) -> bool:
+        """The aggregate job's own record (RUNNING while the report is built: not a problem of the run)."""
+        return self.key == "aggregate" or self.stage == "report"
+
+    @property
     def failed(self) -> bool:
-        return self.state.upper() not in SUCCESS_STATES | ACTIVE_STATES
+        return not self.is_report and self.state.upper() not in SUCCESS_STATES | ACTIVE_STATES
 
     @property
     def unfinished(self) -> bool:
-        return self.state.upper() in ACTIVE_STATES
+        return not self.is_report and self.state.upper() in ACTIVE_STATES
 
 
 @dataclass
@@ -160,7 +167,8 @@ class RunCollection:
         """One human-readable line per missing/failed/unfinished/incomplete item."""
         lines = [f"missing: {m} (expected by the config, no output)" for m in self.missing]
         lines += [f"incomplete: {m}" for m in self.incomplete]
-        lines += [f"failed job: {j.name} (state {j.state}, log {j.log or 'n/a'})" for j in self.failed_jobs]
+        lines += [f"failed job: {j.stage + '/' if j.stage else ''}{j.name} (state {j.state}"
+                  + (f": {j.error}" if j.error else "") + f"; log {j.log or 'n/a'})" for j in self.failed_jobs]
         lines += [f"not finished: {j.name} (state {j.state})" for j in self.unfinished_jobs]
         return lines
 
@@ -331,11 +339,12 @@ def read_job_records(jobs_dir: Path, problems: list[str]) -> list[JobRecord]:
         if state is None:
             problems.append(f"{p}: no 'state' (contract: launcher records hold stage, name, state, job id, times, log)")
             state = "UNKNOWN"
+        log = raw.get("job_log") or raw.get("log") or raw.get("log_err") or raw.get("log_path") or ""
         out.append(JobRecord(
-            name=str(raw.get("name") or p.stem), stage=str(raw.get("stage") or ""), state=str(state).upper(),
-            job_id=str(raw.get("job_id") or raw.get("jobid") or raw.get("id") or ""),
-            elapsed_s=_elapsed(raw), node=str(raw.get("node") or raw.get("nodes") or raw.get("host") or ""),
-            log=str(raw.get("log") or raw.get("log_path") or raw.get("stdout") or ""), path=p, raw=raw))
+            key=str(raw.get("key") or p.stem), name=str(raw.get("name") or p.stem), stage=str(raw.get("stage") or ""),
+            state=str(state).upper(), job_id=str(raw.get("job_id") or raw.get("jobid") or ""),
+            elapsed_s=_elapsed(raw), node=str(raw.get("node") or raw.get("host") or raw.get("nodes") or ""),
+            log=str(log), error=str(raw.get("error") or ""), path=p, raw=raw))
     return out
 
 

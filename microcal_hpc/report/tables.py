@@ -502,17 +502,18 @@ def _fmt_elapsed(s: Optional[float]) -> Optional[str]:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-STAGE_ORDER = ("pack", "train", "wavelet_features", "wavelet_classify", "baseline", "aggregate")
+STAGE_ORDER = ("pack", "cnn", "wavelet", "baseline", "report")  # microcal_hpc.launcher.plan.STAGES
 
 
 def job_table(coll: RunCollection) -> Table:
     """Every launcher record: name, stage, state, elapsed, node, log path."""
     cols = [Column("name", "Job"), Column("stage", "Stage"), Column("state", "State"), Column("job_id", "Job id"),
-            Column("elapsed", "Elapsed"), Column("node", "Node"), Column("log", "Log")]
+            Column("elapsed", "Elapsed"), Column("node", "Node"), Column("log", "Log"), Column("error", "Error")]
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
-    jobs = sorted(coll.jobs, key=lambda j: (order.get(j.stage.replace("-", "_"), len(order)), j.stage, j.name))
+    jobs = sorted(coll.jobs, key=lambda j: (order.get(j.stage, len(order)), j.stage, j.name))
     rows = [{"name": j.name, "stage": j.stage, "state": j.state, "job_id": j.job_id, "elapsed": _fmt_elapsed(j.elapsed_s),
-             "elapsed_s": j.elapsed_s, "node": j.node, "log": j.log, "failed": j.failed} for j in jobs]
+             "elapsed_s": j.elapsed_s, "node": j.node, "log": j.log, "error": j.error, "failed": j.failed}
+            for j in jobs]
     return Table("jobs", "Jobs of the campaign", f"{len(rows)} launcher records in jobs/", cols, rows)
 
 
