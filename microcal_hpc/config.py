@@ -72,7 +72,9 @@ class TrainConfig:
     jit_compile: bool = False  # XLA
     mixed_precision: str = "none"  # none | bfloat16
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism
-    shuffle_buffer: int = 0  # 0: the whole training part
+    # Tests and preemption drills only: stop cleanly after this many epochs, as if the job were killed
+    # right after that epoch's checkpoint (no outputs; run again to resume). None: off.
+    stop_after_epoch: Optional[int] = None
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -90,6 +92,11 @@ class TrainConfig:
         _choice("train.mixed_precision", self.mixed_precision, ("none", "bfloat16"))
         if self.early_stopping_patience < 0:
             raise ConfigError("train.early_stopping_patience must be >= 0")
+        if self.jit_compile and self.deterministic:
+            raise ConfigError("train.jit_compile=true needs train.deterministic=false "
+                              "(XLA has no deterministic max-pooling gradient)")
+        if self.stop_after_epoch is not None and self.stop_after_epoch < 1:
+            raise ConfigError(f"train.stop_after_epoch must be >= 1, got {self.stop_after_epoch}")
 
 
 @dataclass
