@@ -1,0 +1,105 @@
+"""`[mpiexec -n N] microcal-hpc wavelet-features --data FILE.h5 --out FEATURES.h5`: wavelet features of every patch.
+
+MPI-parallel when started by an MPI launcher (``mpiexec -n N``, ``srun`` with N tasks); a plain process
+runs serially and does not import mpi4py. Settings come from the ``wavelet`` config section, overridden
+by ``--wavelet --level --keep-levels --mode --features --chunk-size --dtype``. The output is written
+atomically by rank 0, with its log beside it (``FEATURES.log``). When the output is already complete
+for the same settings and input, the job says so and returns. On any error, rank 0 prints one line
+and every rank exits non-zero.
+
+Examples::
+
+    microcal-hpc wavelet-features --data RUN/data/packed.h5 --out RUN/wavelet/features.h5
+    mpiexec -n 2 microcal-hpc wavelet-features --data RUN/data/packed.h5 --out RUN/wavelet/features.h5 --features both
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from microcal_hpc.cli import add_config_arguments, config_from_args
+from microcal_hpc.errors import MicrocalError
+
+
+def log_path_for(out: str | Path) -> Path:
+    """The log of a features job: ``features.h5`` -> ``features.log``."""
+    return Path(out).with_suffix(".log")
+
+
+def features_job(cfg, data: str, out: str, force: bool = False, summary: dict | None = None) -> str:
+    """Compute the wavelet features of the packed file ``data`` into ``out``; return ``out``.
+
+    Collective when launched with several MPI ranks (every rank calls it). ``summary``, if given,
+    receives the run summary (timings, ranks, per-rank peak memory on rank 0).
+    """
+    from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.wavelet.mpi_features import PeerFailed, extract_to_file, get_comm, launcher_rank
+
+    import logging
+
+    root = launcher_rank() == 0
+    log = None
+    if root:
+        try:
+            log = setup_job_logging(log_path_for(out), name="microcal.wavelet.features")
+        except OSError:  # the output folder is unusable: extract_to_file reports it on every rank
+            log = setup_job_logging(None, name="microcal.wavelet.features")
+    else:  # other ranks: no log file, warnings only
+        setup_job_logging(None, name="microcal.wavelet.features", level=logging.WARNING)
+    try:
+        result = extract_to_file(cfg.wavelet, data, out, comm=get_comm(), force=force)
+    except PeerFailed:
+        raise
+    except Exception as e:
+        if log is not None:  # the job's log records why it failed (the console line comes from the CLI)
+            for h in logging.getLogger("microcal").handlers:
+                if isinstance(h, logging.FileHandler):
+                    h.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, f"failed: {e}", None, None))
+        raise
+    if summary is not None:
+        summary.update(result)
+    return str(out)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="FILE.h5", help="packed data file (microcal-hpc pack)")
+    p.add_argument("--out", required=True, metavar="FEATURES.h5", help="output features file")
+    p.add_argument("--wavelet", help="discrete PyWavelets wavelet (wavelet.wavelet, default db5)")
+    p.add_argument("--level", type=int, help="decomposition level (wavelet.level, default 4)")
+    p.add_argument("--keep-levels", metavar="2,3,4", help="detail levels kept as coefficients (1 = finest)")
+    p.add_argument("--mode", help="signal extension mode (wavelet.mode, default symmetric)")
+    p.add_argument("--features", choices=("coeffs", "stats", "both"), help="feature sets (wavelet.features)")
+    p.add_argument("--chunk-size", type=int, help="images per read/transform batch on each rank")
+    p.add_argument("--dtype", choices=("float64", "float32"), help="computing and storage precision")
+    p.add_argument("--force", action="store_true", help="recompute even if the output is complete")
+    p.add_argument("--summary-json", metavar="FILE", help="also write the run summary (timings, ranks, "
+                                                          "per-rank peak memory) to FILE (rank 0)")
+    add_config_arguments(p)
+
+
+_FLAGS = {"wavelet": "wavelet.wavelet", "level": "wavelet.level", "keep_levels": "wavelet.keep_levels",
+          "mode": "wavelet.mode", "features": "wavelet.features", "chunk_size": "wavelet.chunk_size",
+          "dtype": "wavelet.dtype"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from microcal_hpc.wavelet.mpi_features import PeerFailed, launcher_rank
+
+    rank = launcher_rank()
+    try:
+        cfg = config_from_args(args, _FLAGS)
+        summary: dict = {}
+        features_job(cfg, args.data, args.out, force=args.force, summary=summary)
+        if args.summary_json and rank == 0:
+            from microcal_hpc.atomic import write_json
+
+            write_json(args.summary_json, summary)
+    except PeerFailed as e:  # rank 0 prints the error; this rank only exits non-zero
+        return e.exit_code
+    except MicrocalError as e:
+        if rank != 0:  # the same error on every rank (e.g. a bad --set): print it once
+            return e.exit_code
+        raise
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,168 @@
+"""The wavelet features file (FEATURES.h5) that the wavelet-features job writes and the classifiers read.
+
+Layout (format ``microcal-hpc-wavelet-features``, version 1)::
+
+    /train/coeffs      float (N, F_coeffs)  detail coefficients of the kept levels (transform.coeff_features)
+    /train/stats       float (N, F_stats)   5 statistics per sub-band (transform.stats_features)
+    /train/labels      int8, /train/ids, /train/groups, /train/cases, /train/pixel_hash (UTF-8 str),
+                       copied from the packed file in its order
+    /test/...          the same for the official Test set
+    root attrs: format, format_version, wavelet, level (as asked), effective_level,
+                boundary_free_max_level, keep_levels, mode, features, dtype, feature_sets,
+                stats_names (JSON), coeffs_layout, image_shape, input_file, input_digest,
+                pywt_version, numpy_version, package_version, complete
+
+Only the feature sets asked for (``features``: coeffs | stats | both) are present. Nothing in the file
+depends on the number of MPI ranks or the chunk size: the same input and settings give the same bytes
+in every dataset and attribute.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from microcal_hpc.dataset import SPLITS, Split, _strings, open_packed
+from microcal_hpc.errors import InputError
+
+FORMAT_NAME = "microcal-hpc-wavelet-features"
+FORMAT_VERSION = 1
+META_FIELDS = ("labels", "ids", "groups", "cases", "pixel_hash")
+
+
+def settings_attrs(wcfg, info, image_shape, feature_sets) -> dict:
+    """The attributes that identify how features were computed (compared to decide 'already complete')."""
+    import pywt
+
+    from microcal_hpc import __version__
+
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "wavelet": wcfg.wavelet,
+        "level": int(wcfg.level),
+        "effective_level": int(info.effective),
+        "boundary_free_max_level": int(info.boundary_free_max),
+        "keep_levels": np.asarray(sorted(wcfg.keep_levels, reverse=True), dtype=np.int64),
+        "mode": wcfg.mode,
+        "features": wcfg.features,
+        "dtype": wcfg.dtype,
+        "feature_sets": json.dumps(list(feature_sets)),
+        "image_shape": np.asarray(image_shape, dtype=np.int64),
+        "coeffs_layout": ("detail levels coarsest first (wavedec2 index level-j+1); per level H, V, D; "
+                          "each sub-band flattened in C order"),
+        "pywt_version": pywt.__version__,
+        "numpy_version": np.__version__,
+        "package_version": __version__,
+    }
+
+
+def input_digest(packed: str | os.PathLike) -> str:
+    """sha256 of what the features depend on in a packed file: image shape, ids, labels and pixel hashes.
+
+    Cheap (no pixel is read): the pixel hashes stand for the pixels.
+    """
+    h = hashlib.sha256()
+    with open_packed(packed) as f:
+        h.update(f"shape {tuple(int(s) for s in f.attrs['image_shape'])}\n".encode())
+        for split in SPLITS:
+            g = f[split]
+            h.update(f"[{split}] {g['labels'].shape[0]}\n".encode())
+            h.update(np.ascontiguousarray(g["labels"][()].astype(np.int8)).tobytes())
+            for name in ("ids", "pixel_hash"):
+                h.update("\n".join(_strings(g[name]).tolist()).encode())
+    return h.hexdigest()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    return a == b
+
+
+def is_complete(path: str | os.PathLike, expected: dict) -> bool:
+    """True if ``path`` is a finished features file whose attributes equal ``expected`` (settings + input)."""
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with h5py.File(p, "r") as f:
+            if not bool(f.attrs.get("complete", False)):
+                return False
+            for key, value in expected.items():
+                if key in ("pywt_version", "numpy_version", "package_version"):
+                    value = str(value)
+                if key not in f.attrs or not _same(_attr(f.attrs[key]), value):
+                    return False
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    return v
+
+
+def open_features(path: str | os.PathLike):
+    """Open a features file read-only after checking its format; InputError otherwise."""
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: features file not found (run `microcal-hpc wavelet-features` first)")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise InputError(f"{p}: not a readable HDF5 file ({e})") from None
+    if f.attrs.get("format") != FORMAT_NAME:
+        f.close()
+        raise InputError(f"{p}: not a microcal-hpc wavelet features file (attribute 'format' missing or different)")
+    if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+        found = f.attrs.get("format_version")
+        f.close()
+        raise InputError(f"{p}: features format version {found}, this version reads {FORMAT_VERSION}; recompute")
+    if not bool(f.attrs.get("complete", False)):
+        f.close()
+        raise InputError(f"{p}: features file is incomplete; recompute it")
+    return f
+
+
+def feature_sets_in(path: str | os.PathLike) -> list[str]:
+    """The feature sets a features file holds."""
+    with open_features(path) as f:
+        return json.loads(f.attrs["feature_sets"])
+
+
+def load_features(path: str | os.PathLike, split: str, feature_set: str) -> tuple[np.ndarray, Split]:
+    """(X, meta) of one split: the (N, F) features and a Split with labels/ids/groups/... (no images)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    with open_features(path) as f:
+        sets = json.loads(f.attrs["feature_sets"])
+        if feature_set not in sets:
+            raise InputError(f"{path}: holds feature set(s) {', '.join(sets)}, not {feature_set!r} "
+                             f"(recompute with --features {feature_set} or both)")
+        g = f[split]
+        X = g[feature_set][()]
+        shape = tuple(int(s) for s in f.attrs["image_shape"])
+        meta = Split(name=split, images=np.zeros((0,) + shape, np.uint8), labels=g["labels"][()].astype(np.int64),
+                     ids=_strings(g["ids"]), groups=_strings(g["groups"]), cases=_strings(g["cases"]),
+                     pixel_hash=_strings(g["pixel_hash"]))
+    return X, meta
+
+
+def features_settings(path: str | os.PathLike) -> dict:
+    """The settings attributes of a features file, as plain Python values (for logs and metrics.json)."""
+    with open_features(path) as f:
+        out = {}
+        for k, v in f.attrs.items():
+            v = _attr(v)
+            out[k] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if isinstance(v, np.generic) else v)
+        return out

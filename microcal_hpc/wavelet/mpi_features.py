@@ -1,0 +1,410 @@
+"""MPI-parallel wavelet feature extraction: packed HDF5 in, FEATURES.h5 out (layout: features_file.py).
+
+How the work is split
+    The images of both splits form one index range (Train first, then Test). Rank ``r`` of ``P`` takes
+    the contiguous slice ``[r*G//P, (r+1)*G//P)`` and reads it from the packed file in pieces of at most
+    ``cfg.wavelet.chunk_size`` images that do not cross the Train/Test border. Work proceeds in rounds:
+    in round ``k`` every rank decomposes its ``k``-th piece; the feature rows are gathered on rank 0
+    with ``comm.Gatherv`` (NumPy buffers, counts and displacements: no pickling), which writes each
+    rank's rows at their place in the output. Memory per rank is bounded by the chunk size, not by the
+    number of images. Each image is computed the same way whatever its rank or piece, so the output is
+    identical for any number of ranks.
+
+Errors
+    Every rank validates the settings and opens the input before the first collective. After each
+    step all ranks agree through ``allreduce`` of an error flag; if any rank failed, rank 0 raises the
+    first failing rank's message (one line, naming the file) and every other rank raises
+    :class:`PeerFailed`, which the command line turns into a silent non-zero exit. No rank waits
+    forever in a collective, and the output is written under a temporary name and renamed only at the end.
+
+Launching
+    ``mpiexec -n N microcal-hpc wavelet-features ...`` or ``srun`` with N tasks; a plain process (no MPI
+    launcher) runs serially without importing mpi4py.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from microcal_hpc.atomic import atomic_path
+from microcal_hpc.dataset import SPLITS, open_packed
+from microcal_hpc.errors import ConfigError, InputError, MicrocalError
+from microcal_hpc.wavelet import features_file
+from microcal_hpc.wavelet.transform import (check_features, check_keep_levels, coeff_feature_length,
+                                            coeff_features, resolve_level, stats_feature_names, stats_features,
+                                            wavedec2_batch)
+
+log = logging.getLogger("microcal.wavelet.features")
+
+
+class PeerFailed(MicrocalError):
+    """This rank stops because another rank failed; rank 0 reports that rank's error."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Communicator: mpi4py when launched by an MPI launcher, a one-rank stand-in otherwise
+
+
+class SerialComm:
+    """The few communicator calls used here, for one process (no MPI needed)."""
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 1
+
+    def allreduce(self, value, op=None):
+        return value
+
+    def gather(self, value, root=0):
+        return [value]
+
+    def bcast(self, value, root=0):
+        return value
+
+    def Gatherv(self, sendbuf, recvbuf, root=0):
+        send = np.asarray(sendbuf)
+        recv = recvbuf[0]
+        recv.reshape(-1)[:send.size] = send.reshape(-1)
+
+    def Barrier(self) -> None:
+        pass
+
+
+_MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS")
+
+
+def launcher_rank() -> int:
+    """This process's rank according to the launcher's environment (0 for a plain process)."""
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def get_comm():
+    """MPI.COMM_WORLD when an MPI launcher (mpiexec, srun) started this process, else a SerialComm."""
+    srun_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) if "SLURM_PROCID" in os.environ else 1
+    mpi_env = any(os.environ.get(v) for v in _MPI_ENV)
+    if not mpi_env and srun_tasks <= 1:
+        return SerialComm()
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if not mpi_env and srun_tasks > 1 and comm.Get_size() != srun_tasks:
+        # srun without an MPI plugin: each task initialised MPI alone and all would write the same output
+        raise ConfigError(f"srun started {srun_tasks} tasks but MPI sees {comm.Get_size()} rank(s) per task; "
+                          "launch with `srun --mpi=pmix` (or pmi2, as your SLURM supports) or with mpiexec")
+    return comm
+
+
+def _max_op():
+    try:
+        from mpi4py import MPI
+
+        return MPI.MAX
+    except ImportError:  # SerialComm ignores the op
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Agreeing on errors
+
+
+class _Agreement:
+    """Collective error handling: after each step every rank learns whether any rank failed."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.op = _max_op() if self.size > 1 else None
+
+    def check(self, error: BaseException | None) -> None:
+        """Collective. Return if no rank failed; otherwise raise on every rank (see module docstring)."""
+        failed = self.comm.allreduce(1 if error is not None else 0, op=self.op)
+        if not failed:
+            return
+        summary = None if error is None else (type(error).__name__, str(error), isinstance(error, MicrocalError),
+                                             isinstance(error, ConfigError))
+        reports = self.comm.gather(summary, root=0)
+        if self.rank != 0:
+            raise PeerFailed(f"rank {self.rank}: stopped because a rank failed (rank 0 reports the error)")
+        if error is not None:
+            raise error
+        first = next(r for r, s in enumerate(reports) if s is not None)
+        name, message, expected, is_config = reports[first]
+        where = f" (on rank {first} of {self.size})"
+        if is_config:
+            raise ConfigError(message + where)
+        if expected:
+            raise InputError(message + where)
+        raise RuntimeError(f"{name}: {message}{where}")
+
+
+@contextlib.contextmanager
+def _capture(box: list):
+    """Run a block, storing an Exception in ``box`` instead of raising it (to be agreed on collectively)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - every failure must reach the agreement, not kill one rank
+        box.append(e)
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan: who computes which images in which round
+
+
+@dataclass(frozen=True)
+class Piece:
+    split: str
+    start: int  # within the split
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def rank_slices(counts: dict[str, int], size: int) -> list[tuple[int, int]]:
+    """Contiguous, balanced [start, stop) of the global index range (Train then Test) for each rank."""
+    total = sum(counts[s] for s in SPLITS)
+    return [(r * total // size, (r + 1) * total // size) for r in range(size)]
+
+
+def rank_pieces(counts: dict[str, int], size: int, rank: int, chunk: int) -> list[Piece]:
+    """The pieces (<= chunk images, within one split) of one rank's slice, in order."""
+    start, stop = rank_slices(counts, size)[rank]
+    pieces, offset = [], 0
+    for split in SPLITS:
+        lo, hi = max(start, offset), min(stop, offset + counts[split])
+        for a in range(lo, hi, chunk):
+            pieces.append(Piece(split, a - offset, min(a + chunk, hi) - offset))
+        offset += counts[split]
+    return pieces
+
+
+# ------------------------------------------------------------------------------------------------
+# The job
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _describe_settings(wcfg) -> str:
+    return (f"wavelet={wcfg.wavelet} level={wcfg.level} keep_levels={list(wcfg.keep_levels)} mode={wcfg.mode} "
+            f"features={wcfg.features} dtype={wcfg.dtype}")
+
+
+def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=None, force: bool = False,
+                    progress_every: float = 10.0) -> dict:
+    """Compute the wavelet features of every image of ``data`` into ``out``; collective over ``comm``.
+
+    Returns a run summary (identical keys on every rank; timings and memory are gathered on rank 0):
+    status (written | up to date), ranks, images, seconds, images_per_second, peak_rss_mb (per rank).
+    """
+    comm = comm if comm is not None else get_comm()
+    agree = _Agreement(comm)
+    rank, size = agree.rank, agree.size
+    t0 = time.perf_counter()
+    data, out = Path(data), Path(out)
+
+    # 1. every rank: settings and input (before any data collective)
+    err: list = []
+    packed = None
+    with _capture(err):
+        if out.is_dir():
+            raise InputError(f"{out}: output path is a folder; give a file name such as features.h5")
+        if rank == 0:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+        sets = check_features(wcfg.features)
+        if wcfg.dtype not in ("float64", "float32"):
+            raise ConfigError(f"wavelet.dtype must be float64 or float32; got {wcfg.dtype!r}")
+        if int(wcfg.chunk_size) < 1:
+            raise ConfigError(f"wavelet.chunk_size must be > 0, got {wcfg.chunk_size}")
+        packed = open_packed(data)
+        shape = tuple(int(s) for s in packed.attrs["image_shape"])
+        counts = {s: int(packed[s]["images"].shape[0]) for s in SPLITS}
+        for s in SPLITS:
+            if tuple(packed[s]["images"].shape[1:]) != shape:
+                raise InputError(f"{data}: /{s}/images has shape {packed[s]['images'].shape}, "
+                                 f"attribute image_shape says {shape}")
+        info = resolve_level(shape, wcfg.wavelet, wcfg.level, wcfg.mode, logger=log if rank == 0 else
+                             logging.getLogger("microcal.quiet"))
+        keep = check_keep_levels(wcfg.keep_levels, info.effective)
+    _close_on_error(packed, err)
+    agree.check(err[0] if err else None)
+
+    # 2. rank 0: is the output already complete for these settings and this input?
+    status = None
+    with _capture(err):
+        if rank == 0:
+            expected = features_file.settings_attrs(wcfg, info, shape, sets)
+            expected["input_digest"] = features_file.input_digest(data)
+            if not force and features_file.is_complete(out, expected):
+                status = "up to date"
+    _close_on_error(packed, err)
+    agree.check(err[0] if err else None)
+    status = comm.bcast(status, root=0)
+    if status == "up to date":
+        packed.close()
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            log.info("%s is already complete for these settings and this input (%s); nothing to do", out,
+                     _describe_settings(wcfg))
+        return {"status": status, "path": str(out), "ranks": size, "images": sum(counts.values()),
+                "seconds": round(seconds, 3)}
+
+    # 3. sizes of one feature row (from a one-image probe: same on every rank)
+    probe = wavedec2_batch(np.zeros((1,) + shape, np.uint8), wcfg.wavelet, info.effective, wcfg.mode, wcfg.dtype)
+    widths = {}
+    if "coeffs" in sets:
+        widths["coeffs"] = coeff_feature_length(probe, keep)
+    if "stats" in sets:
+        widths["stats"] = stats_features(probe).shape[1]
+    row = sum(widths.values())
+    chunk = int(wcfg.chunk_size)
+    plans = [rank_pieces(counts, size, r, chunk) for r in range(size)]
+    rounds = max(len(p) for p in plans)
+    dtype = np.dtype(wcfg.dtype)
+    sendbuf = np.zeros((chunk, row), dtype=dtype)
+    total = sum(counts.values())
+    if rank == 0:
+        log.info("%d images (train %d, test %d) of %dx%d on %d rank(s); %d round(s) of <= %d images per rank; "
+                 "features: %s", total, counts["train"], counts["test"], shape[0], shape[1], size, rounds, chunk,
+                 ", ".join(f"{k} {v}" for k, v in widths.items()))
+
+    # 4. rank 0 opens the output (temporary name) and copies the metadata
+    stack = contextlib.ExitStack()
+    dsets: dict = {}
+    recvbuf = None
+    with _capture(err):
+        if rank == 0:
+            import h5py
+
+            tmp = stack.enter_context(atomic_path(out))
+            fout = stack.enter_context(h5py.File(tmp, "w"))
+            str_dtype = h5py.string_dtype("utf-8")
+            for s in SPLITS:
+                g = fout.create_group(s)
+                n = counts[s]
+                for name, width in widths.items():
+                    # contiguous: each round writes row blocks at arbitrary offsets without read-modify-write
+                    dsets[(s, name)] = g.create_dataset(name, shape=(n, width), dtype=dtype, track_times=False)
+                g.create_dataset("labels", data=packed[s]["labels"][()].astype(np.int8), track_times=False)
+                for name in ("ids", "groups", "cases", "pixel_hash"):
+                    g.create_dataset(name, data=packed[s][name][()], dtype=str_dtype, track_times=False)
+            recvbuf = np.empty((size * chunk, row), dtype=dtype)
+    if err:
+        stack.__exit__(type(err[0]), err[0], None)
+    _close_on_error(packed, err)
+    agree.check(err[0] if err else None)
+
+    # 5. rounds: compute, agree, gather, rank 0 writes
+    done, next_report, t_compute = 0, progress_every, 0.0
+    try:
+        for k in range(rounds):
+            piece = plans[rank][k] if k < len(plans[rank]) else None
+            n = 0
+            with _capture(err):
+                if piece is not None:
+                    tc = time.perf_counter()
+                    try:
+                        images = packed[piece.split]["images"][piece.start:piece.stop]
+                    except (OSError, ValueError) as e:
+                        raise InputError(f"{data}: cannot read /{piece.split}/images[{piece.start}:{piece.stop}] "
+                                         f"({e})") from None
+                    n = len(images)
+                    coeffs = wavedec2_batch(images, wcfg.wavelet, info.effective, wcfg.mode, wcfg.dtype)
+                    col = 0
+                    if "coeffs" in widths:
+                        coeff_features(coeffs, keep, out=sendbuf[:n, :widths["coeffs"]])
+                        col = widths["coeffs"]
+                    if "stats" in widths:
+                        sendbuf[:n, col:col + widths["stats"]] = stats_features(coeffs)
+                    del coeffs, images
+                    t_compute += time.perf_counter() - tc
+            agree.check(err[0] if err else None)
+            sizes = [len(p[k]) if k < len(p) else 0 for p in plans]
+            counts_el = np.asarray(sizes, dtype=np.int64) * row
+            displs_el = np.asarray([r * chunk for r in range(size)], dtype=np.int64) * row
+            if size > 1:
+                comm.Gatherv(sendbuf[:n], [recvbuf, counts_el, displs_el, _mpi_type(dtype)] if rank == 0 else None,
+                             root=0)
+            elif rank == 0:
+                recvbuf[:n] = sendbuf[:n]
+            with _capture(err):
+                if rank == 0:
+                    for r, p in enumerate(plans):
+                        if k < len(p):
+                            pc = p[k]
+                            block = recvbuf[r * chunk:r * chunk + len(pc)]
+                            col = 0
+                            for name, width in widths.items():
+                                dsets[(pc.split, name)][pc.start:pc.stop] = block[:, col:col + width]
+                                col += width
+                    done += sum(sizes)
+                    elapsed = time.perf_counter() - t0
+                    if elapsed >= next_report or k == rounds - 1:
+                        log.info("round %d/%d: %d/%d images (%.0f%%), %.1f s, %.0f images/s", k + 1, rounds, done,
+                                 total, 100.0 * done / max(total, 1), elapsed, done / max(elapsed, 1e-9))
+                        next_report = elapsed + progress_every
+            agree.check(err[0] if err else None)
+
+        # 6. rank 0 finishes the file: attributes, 'complete' flag, rename
+        with _capture(err):
+            if rank == 0:
+                for key, value in expected.items():
+                    fout.attrs[key] = value
+                fout.attrs["input_file"] = str(data.resolve())
+                if "stats" in widths:
+                    fout.attrs["stats_names"] = json.dumps(stats_feature_names(info.effective))
+                fout.attrs["complete"] = True
+        agree.check(err[0] if err else None)
+    except BaseException as e:
+        stack.__exit__(type(e), e, e.__traceback__)
+        packed.close()
+        raise
+    with _capture(err):
+        stack.close()  # closes the HDF5 file and renames it into place (rank 0)
+    packed.close()
+    agree.check(err[0] if err else None)
+
+    seconds = time.perf_counter() - t0
+    rss = comm.gather(_peak_rss_mb(), root=0)
+    compute = comm.gather(t_compute, root=0)
+    summary = {"status": "written", "path": str(out), "ranks": size, "images": total,
+               "seconds": round(seconds, 3), "images_per_second": round(total / seconds, 1) if seconds else None,
+               "feature_widths": widths, "effective_level": info.effective, "chunk_size": chunk}
+    if rank == 0:
+        summary["compute_seconds_per_rank"] = [round(c, 3) for c in compute]
+        summary["peak_rss_mb_per_rank"] = [round(r, 1) for r in rss]
+        log.info("wrote %s: %d images in %.2f s (%.0f images/s) on %d rank(s); compute per rank %s s; "
+                 "peak memory per rank %s MB", out, total, seconds, total / max(seconds, 1e-9), size,
+                 summary["compute_seconds_per_rank"], summary["peak_rss_mb_per_rank"])
+    return summary
+
+
+def _close_on_error(packed, err: list) -> None:
+    if err and packed is not None:
+        with contextlib.suppress(Exception):
+            packed.close()
+
+
+def _mpi_type(dtype: np.dtype):
+    from mpi4py import MPI
+
+    return MPI.DOUBLE if dtype == np.float64 else MPI.FLOAT
