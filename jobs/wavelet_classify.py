@@ -1,0 +1,100 @@
+"""`microcal-hpc wavelet-classify --features FEATURES.h5 --run-dir DIR`: the classifier zoo on wavelet features.
+
+For every feature set (``classify.feature_sets``: coeffs, stats) and classifier (``classify.classifiers``:
+rf, svm, lr, knn, nb, dt, mlp, hgb) it runs group-aware stratified k-fold CV on the official Train set
+(the CNN's splitter and folds), fits on all of Train and scores Test, and writes
+``DIR/<feature_set>/<classifier>/`` with metrics.json, predictions.npz, config.yaml and classify.log
+(docs/outputs.md). ``DIR/classify.log`` collects every line. A model folder that is already complete
+for the same features and settings is skipped. ``classify.n_jobs`` workers run the folds in parallel.
+
+Example::
+
+    microcal-hpc wavelet-classify --features RUN/wavelet/features.h5 --run-dir RUN/wavelet \\
+        --classifiers rf,svm --feature-sets coeffs,stats --folds 5 --group-by group
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from functools import partial
+from pathlib import Path
+
+from microcal_hpc.cli import add_config_arguments, config_from_args
+
+log = logging.getLogger("microcal.wavelet.classify")
+
+
+def _warn_if_folds_differ(cfg) -> None:
+    """The arms share folds only with the same splitter settings: say so when classify.* and train.* differ."""
+    c, t = cfg.classify, cfg.train
+    diff = [f"{k}: classify {getattr(c, k)!r} vs train {getattr(t, k)!r}" for k in ("folds", "group_by", "seed")
+            if getattr(c, k) != getattr(t, k)]
+    if diff:
+        log.warning("CV folds differ from the CNN's (%s): fold k will not hold the same images in both arms",
+                    "; ".join(diff))
+
+
+def classify_job(cfg, features: str, run_dir: str, force: bool = False) -> list[str]:
+    """Evaluate every classifier on every feature set of ``features``; return the model folders."""
+    from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.wavelet.classifiers import check_classifiers, make_classifier
+    from microcal_hpc.wavelet.evaluate import run_model_job, shared_folds
+    from microcal_hpc.wavelet.features_file import feature_sets_in, features_settings, load_features
+    from microcal_hpc.errors import InputError
+
+    run_dir = Path(run_dir)
+    setup_job_logging(run_dir / "classify.log", name="microcal.wavelet.classify")
+    cc = cfg.classify
+    names = check_classifiers(cc.classifiers)
+    available = feature_sets_in(features)
+    missing = [fs for fs in cc.feature_sets if fs not in available]
+    if missing:
+        raise InputError(f"{features}: holds feature set(s) {', '.join(available)}, not {', '.join(missing)} "
+                         f"(recompute with wavelet.features=both, or choose --feature-sets)")
+    _warn_if_folds_differ(cfg)
+    settings = features_settings(features)
+    inputs = {k: settings.get(k) for k in ("input_digest", "wavelet", "level", "keep_levels", "mode", "dtype",
+                                           "effective_level")}
+    wavelet_info = {k: settings.get(k) for k in ("wavelet", "level", "effective_level", "keep_levels", "mode",
+                                                 "dtype")}
+    log.info("classifiers %s on feature sets %s of %s (wavelet %s level %s, keep levels %s); %d-fold CV, "
+             "group_by=%s, seed=%d, n_jobs=%d", ",".join(names), ",".join(cc.feature_sets), features,
+             settings.get("wavelet"), settings.get("level"), settings.get("keep_levels"), cc.folds, cc.group_by,
+             cc.seed, cc.n_jobs)
+    done = []
+    total = len(names) * len(cc.feature_sets)
+    for fs in cc.feature_sets:
+        X_train, meta_train = load_features(features, "train", fs)
+        X_test, meta_test = load_features(features, "test", fs)
+        folds = shared_folds(meta_train, cc.folds, cc.group_by, cc.seed)
+        for name in names:
+            log.info("[%d/%d] %s on %s (%d features)", len(done) + 1, total, name, fs, X_train.shape[1])
+            out = run_model_job(run_dir / fs / name, partial(make_classifier, name, cc.seed), X_train, meta_train,
+                                X_test, meta_test, cfg, arm="wavelet", model=name, feature_set=fs, folds=folds,
+                                n_folds=cc.folds, group_by=cc.group_by, seed=cc.seed, n_jobs=cc.n_jobs,
+                                log_name="classify.log", inputs=dict(inputs, feature_set=fs),
+                                extra={"wavelet": wavelet_info}, force=force)
+            done.append(out)
+    log.info("done: %d model folder(s) under %s", len(done), run_dir)
+    return done
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", required=True, metavar="FEATURES.h5", help="features file (wavelet-features)")
+    p.add_argument("--run-dir", required=True, metavar="DIR", help="output folder (RUN/wavelet)")
+    p.add_argument("--classifiers", metavar="rf,svm,...", help="classifiers (classify.classifiers)")
+    p.add_argument("--feature-sets", metavar="coeffs,stats", help="feature sets (classify.feature_sets)")
+    p.add_argument("--folds", type=int, help="CV folds (classify.folds)")
+    p.add_argument("--group-by", choices=("group", "case", "none"), help="CV grouping (classify.group_by)")
+    p.add_argument("--seed", type=int, help="splitter and model seed (classify.seed)")
+    p.add_argument("--n-jobs", type=int, help="parallel fold fits (classify.n_jobs)")
+    p.add_argument("--force", action="store_true", help="recompute complete model folders too")
+    add_config_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, {"classifiers": "classify.classifiers", "feature_sets": "classify.feature_sets",
+                                  "folds": "classify.folds", "group_by": "classify.group_by",
+                                  "seed": "classify.seed", "n_jobs": "classify.n_jobs"})
+    classify_job(cfg, args.features, args.run_dir, force=args.force)
+    return 0
