@@ -80,8 +80,6 @@ def provenance_table(coll: RunCollection, packed_sha: Optional[str]) -> T.Table:
                      f"{last.get('executor', '?')}, {len(last.get('jobs') or [])} jobs)", "source": "manifest.json"})
     if not any(w in r["item"].lower() for r in rows for w in ("librar", "version")):
         rows += [{"item": k, "value": v, "source": "report environment"} for k, v in environment_versions().items()]
-    if not any("commit" in r["item"].lower() for r in rows):
-        rows.append({"item": "git commit", "value": git_commit() or "unknown", "source": "report environment"})
     rows.append({"item": "report built with", "value": f"microcal-hpc {__version__}, commit {git_commit() or 'unknown'}",
                  "source": "report environment"})
     rows.append({"item": "packed data sha256", "value": packed_sha or "packed data file not found",

@@ -83,6 +83,9 @@ def learning_curves(S: Summaries, path: str | os.PathLike) -> Optional[str]:
             ax.set_xlabel("Epoch")
             ax.set_ylabel(ylabel)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            last = max(max(s.run.history["epoch"]) for s in runs)
+            if last < 4:  # a few epochs: whole-number axis around the points
+                ax.set_xlim(0.5, last + 0.5)
             ax.grid(alpha=0.3)
             if many:
                 if c == 1:

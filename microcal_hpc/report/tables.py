@@ -126,16 +126,43 @@ def summarise_model(run: ModelRun, label: str) -> ModelSummary:
     return s
 
 
-def add_test_ci(s: ModelSummary, cfg: Config) -> None:
+class BootstrapGroups:
+    """The groups the Test bootstrap resamples, as the jobs use them: ``splits.split_groups`` of the
+    packed Test split (the grouping merged with pixel-identical images); without the packed file,
+    the ``test_groups`` stored in predictions.npz."""
+
+    def __init__(self, packed: Optional[Any]):
+        self.packed = packed
+        self._maps: dict[str, dict[str, int]] = {}
+
+    def _map(self, group_by: str) -> dict[str, int]:
+        if group_by not in self._maps:
+            from microcal_hpc.dataset import load_split
+            from microcal_hpc.splits import split_groups
+
+            te = load_split(self.packed, "test", images=False)
+            self._maps[group_by] = dict(zip(te.ids.tolist(), split_groups(te, group_by).tolist()))
+        return self._maps[group_by]
+
+    def of(self, pred: Predictions, group_by: str) -> np.ndarray:
+        if self.packed is not None and group_by in ("group", "case", "none"):
+            m = self._map(group_by)
+            if all(i in m for i in pred.ids.tolist()):
+                return np.array([m[i] for i in pred.ids.tolist()])
+        return pred.groups
+
+
+def add_test_ci(s: ModelSummary, cfg: Config, groups: BootstrapGroups) -> None:
     """Group-bootstrap 95% CI of the Test AUC (resampling source-image groups)."""
     if s.test is None or s.auc_ci is not None or math.isnan(s.test["auc"]):
         return
     t = s.run.test
-    lo, hi = M.bootstrap_auc_ci(t.labels, t.prob, groups=t.groups, n_boot=cfg.report.bootstrap, seed=cfg.report.seed)
+    g = groups.of(t, str(s.run.metrics.get("group_by") or cfg.train.group_by))
+    lo, hi = M.bootstrap_auc_ci(t.labels, t.prob, groups=g, n_boot=cfg.report.bootstrap, seed=cfg.report.seed)
     s.auc_ci = [lo, hi]
 
 
-CI_METHOD = "percentile 95% CI, group (source-image) bootstrap"
+CI_METHOD = "percentile 95% CI, group bootstrap (source images, pixel-identical images merged)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,6 +178,7 @@ class Summaries:
     wavelet: dict[str, ModelSummary]  # "<fs>/<clf>"
     baseline: dict[str, ModelSummary]
     expected_folds: int
+    groups: BootstrapGroups
     best_wavelet: Optional[str] = None  # key of the wavelet classifier with the highest CV mean AUC
 
     @property
@@ -180,16 +208,16 @@ def summarise_run(coll: RunCollection, cfg: Config) -> Summaries:
     wav = {k: summarise_model(r, k) for k, r in sorted(coll.wavelet.items())}
     base = {k: summarise_model(r, k) for k, r in sorted(coll.baseline.items())}
     expected = coll.expected_folds() or int(cfg.campaign.cv_folds)
-    s = Summaries(single, folds, wav, base, expected)
+    s = Summaries(single, folds, wav, base, expected, BootstrapGroups(coll.packed))
     cv_auc = {k: w.cv["auc"]["mean"] for k, w in wav.items() if "auc" in w.cv}
     if cv_auc:
         s.best_wavelet = max(cv_auc, key=lambda k: (cv_auc[k], k))
     for m in single:
-        add_test_ci(m, cfg)
+        add_test_ci(m, cfg, s.groups)
     if s.best_wavelet:
-        add_test_ci(wav[s.best_wavelet], cfg)
+        add_test_ci(wav[s.best_wavelet], cfg, s.groups)
     for b in base.values():
-        add_test_ci(b, cfg)
+        add_test_ci(b, cfg, s.groups)
     return s
 
 
@@ -418,10 +446,13 @@ def comparison(S: Summaries, cfg: Config) -> Comparison:
         al = _aligned(off.run.test, w.run.test)
         if al is not None:
             y, a, b, g = al
+            g = S.groups.of(off.run.test, str(off.run.metrics.get("group_by") or cfg.train.group_by)) \
+                if len(y) == len(off.run.test) else g
             paired = M.paired_bootstrap_auc(y, a, b, groups=g, n_boot=cfg.report.bootstrap, seed=cfg.report.seed)
             paired["n"] = int(len(y))
-            paired["method"] = ("paired group bootstrap of the AUC difference (source-image groups resampled, "
-                                "both models scored on the same resampled images); two-sided bootstrap p-value")
+            paired["method"] = ("paired group bootstrap of the AUC difference (source-image groups, pixel-identical "
+                                "images merged, resampled; both models scored on the same resampled images); "
+                                "two-sided bootstrap p-value")
             trows.append({"model": "Difference (CNN − wavelet)", "auc": paired["diff"],
                           "auc_ci": [paired["ci_low"], paired["ci_high"]], "cv_auc": None, "n": paired["n"],
                           "p_value": paired["p_value"], "n_boot": paired["n_boot"]})
@@ -433,9 +464,10 @@ def comparison(S: Summaries, cfg: Config) -> Comparison:
             "configuration (no augmentation), represented on Test by its official run; the wavelet side is the "
             f"classifier/feature set with the highest mean CV AUC ({wname}). ")
     if paired:
+        pv = "p < 0.001" if paired["p_value"] < 0.001 else f"p = {paired['p_value']:.3f}"
         text += (f"On the {paired['n']} Test images the CNN's AUC minus the wavelet classifier's is "
-                 f"{paired['diff']:+.3f} (95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}, two-sided p = "
-                 f"{paired['p_value']:.3f}; test: paired group bootstrap of the AUC difference, "
+                 f"{paired['diff']:+.3f} (95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}, two-sided "
+                 f"{pv}; test: paired group bootstrap of the AUC difference, "
                  f"{paired['n_boot']} resamples of source-image groups).")
     else:
         text += "The paired Test comparison needs both the official CNN run and a wavelet classifier; one is missing."
@@ -577,17 +609,19 @@ def data_summary(packed_path, cfg: Config) -> DataSummary:
                       prow)
 
     t = cfg.train
+    n_folds = cfg.campaign.cv_folds or t.folds  # the launcher gives CNN fold jobs train.folds = campaign.cv_folds
     gid = split_groups(tr, t.group_by)
-    fold = fold_of_each(tr.labels, gid, t.folds, t.seed)
+    fold = fold_of_each(tr.labels, gid, n_folds, t.seed)
     frows = []
-    for k in range(t.folds):
+    for k in range(n_folds):
         m = fold == k
         frows.append({"fold": k, "n0": int((tr.labels[m] == 0).sum()), "n1": int((tr.labels[m] == 1).sum()),
                       "total": int(m.sum()), "groups": int(len(np.unique(gid[m])))})
     c = cfg.classify
-    same = (c.folds, c.group_by, c.seed) == (t.folds, t.group_by, t.seed)
-    fnote = (f"StratifiedGroupKFold on Train: {t.folds} folds, grouping '{t.group_by}' merged with pixel-identical "
-             f"images, seed {t.seed}. Wavelet classifiers: {c.folds} folds, grouping '{c.group_by}', seed {c.seed} — "
+    same = (c.folds, c.group_by, c.seed) == (n_folds, t.group_by, t.seed)
+    fnote = (f"microcal_hpc.splits.cv_folds (stratified, group-aware) on Train. CNN: {n_folds} folds, grouping "
+             f"'{t.group_by}' merged with pixel-identical images, seed {t.seed}. Wavelet classifiers and baseline: "
+             f"{c.folds} folds, grouping '{c.group_by}', seed {c.seed} — "
              + ("the same folds." if same else "DIFFERENT settings: fold k is not the same images in both arms."))
     folds = Table("folds", "Cross-validation folds (fold grouping used)", f"{len(tr)} Train patches",
                   [Column("fold", "Fold"), Column("n0", "Label 0"), Column("n1", "Label 1"), Column("total", "Total"),
@@ -633,12 +667,14 @@ def data_summary(packed_path, cfg: Config) -> DataSummary:
     for s, codes, name in ((tr, codes_tr, "Train"), (te, codes_te, "Test")):
         for lab in (0, 1):
             sel = [c for c, l in zip(codes, s.labels) if l == lab]
-            row = {"part": f"{name}, label {lab}", "n": len(sel)}
+            row = {"part": f"{name}, label {lab}", "patches": len(sel)}
             row.update({f"code_{L}": sel.count(L) for L in letters})
             crows.append(row)
     code_table = Table("acquisition_codes", "Character after the case id in the file name, by split and label",
                        "every patch; a code that separates the labels is a potential shortcut",
-                       [Column("part", "Split, label"), Column("n", "n")] + [Column(f"code_{L}", L) for L in letters],
+                       [Column("part", "Split, label"), Column("patches", "Patches")]
+                       + [Column(f"code_{L}", f"“{L}”", "Patches with this character after the case id")
+                          for L in letters],
                        crows)
     mean_grey = {s.name: {str(l): s.images[s.labels == l].reshape((s.labels == l).sum(), -1).mean(axis=1)
                           for l in (0, 1)} for s in (tr, te)}
