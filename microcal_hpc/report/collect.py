@@ -418,15 +418,21 @@ def collect_run(run_dir: str | os.PathLike, cfg: Config) -> RunCollection:
 
 
 def input_fingerprint(run_dir: str | os.PathLike) -> str:
-    """A hash of the names, sizes and modification times of every input the report reads."""
+    """A hash of the names, sizes and modification times of every input the report reads.
+
+    Left out: the aggregate job's own launcher record and manifest.json, which the launcher updates
+    while and after the report is built (state, end time); a new submission adds other records anyway.
+    """
     import hashlib
 
     run = Path(run_dir)
     h = hashlib.sha256()
-    pats = ["config.yaml", "manifest.json", "data/packed.h5", "jobs/*.json", "cnn/*/*.json", "cnn/*/predictions.npz",
+    pats = ["config.yaml", "data/packed.h5", "jobs/*.json", "cnn/*/*.json", "cnn/*/predictions.npz",
             "wavelet/*/*/*.json", "wavelet/*/*/predictions.npz", "baseline/*/*.json", "baseline/*/predictions.npz"]
     for pat in pats:
         for p in sorted(run.glob(pat)):
+            if p.parent.name == "jobs" and p.stem == "aggregate":
+                continue
             st = p.stat()
             h.update(f"{p.relative_to(run)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]

@@ -116,7 +116,8 @@ nav a { margin-right: 14px; }
 table { border-collapse: collapse; margin: 6px 0 4px; font-size: 0.82em; }
 th, td { border: 1px solid #c8ccd2; padding: 3px 6px; text-align: right; white-space: nowrap; }
 th { background: #eef1f5; text-align: center; white-space: normal; }
-td.text { text-align: left; white-space: normal; max-width: 520px; }
+td.text { text-align: left; }
+td.long { white-space: normal; max-width: 520px; }
 .table { overflow-x: auto; }
 tr.best td { font-weight: bold; background: #fff7e6; }
 tr.failed td { background: #fde8e8; }
@@ -178,8 +179,9 @@ def table_html(t: Table) -> str:
             "summary" if isinstance(row.get("fold"), str) else ""
         cells = []
         for c in t.columns:
-            cells.append(f"<td>{_esc(_row_value(t, row, c.key))}</td>" if c.key in numeric
-                         else f'<td class="text">{_esc(_row_value(t, row, c.key))}</td>')
+            v = _row_value(t, row, c.key)
+            cls_td = "" if c.key in numeric else ' class="text long"' if len(v) > 30 else ' class="text"'
+            cells.append(f"<td{cls_td}>{_esc(v)}</td>")
         out.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>" if cls else "<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     if t.note:

@@ -15,7 +15,7 @@ import numpy as np
 
 from microcal_hpc import metrics as M
 from microcal_hpc.config import Config
-from microcal_hpc.report.collect import ModelRun, Predictions, RunCollection
+from microcal_hpc.report.collect import ACTIVE_STATES, ModelRun, Predictions, RunCollection
 
 FLAT_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "loss",
              "precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1")
@@ -361,8 +361,10 @@ def wavelet_tables(S: Summaries) -> list[Table]:
             rows.append(row)
         basis = (f"cross-validation: out-of-fold predictions on Train, {kfold} folds; "
                  f"official Test: n = {test_n} images; models sorted by CV AUC")
-        note = ("AUC from predicted probabilities or decision scores (never hard labels); the other metrics at the "
-                "threshold each job used (0.5 for probabilities, 0 for decision scores).")
+        kinds = sorted({f"{s.run.model}: {s.run.metrics['score']}" for s in items if s.run.metrics.get("score")})
+        thresholds = ", ".join(f"{t:g}" for t in sorted({s.threshold for s in items}))
+        note = ("AUC from the classifiers' scores (never hard labels); the other metrics at the threshold each job "
+                f"used ({thresholds})." + (f" Scores: {'; '.join(kinds)}." if kinds else ""))
         tables.append(Table(f"wavelet_{fs}", f"Wavelet features '{fs}': scikit-learn classifiers", basis, cols, rows, note))
     return tables
 
@@ -542,10 +544,14 @@ def job_table(coll: RunCollection) -> Table:
     cols = [Column("name", "Job"), Column("stage", "Stage"), Column("state", "State"), Column("job_id", "Job id"),
             Column("elapsed", "Elapsed"), Column("node", "Node"), Column("log", "Log"), Column("error", "Error")]
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
-    jobs = sorted(coll.jobs, key=lambda j: (order.get(j.stage, len(order)), j.stage, j.name))
-    rows = [{"name": j.name, "stage": j.stage, "state": j.state, "job_id": j.job_id, "elapsed": _fmt_elapsed(j.elapsed_s),
-             "elapsed_s": j.elapsed_s, "node": j.node, "log": j.log, "error": j.error, "failed": j.failed}
-            for j in jobs]
+    jobs = sorted(coll.jobs, key=lambda j: (order.get(j.stage, len(order)), str(j.raw.get("submitted") or ""),
+                                            j.stage, j.name))
+    rows = [{"name": j.name, "stage": j.stage,
+             "state": f"{j.state} (this report)" if j.is_report and j.state in ACTIVE_STATES else j.state,
+             "job_id": j.job_id, "elapsed": _fmt_elapsed(j.elapsed_s), "elapsed_s": j.elapsed_s, "node": j.node,
+             "log": j.log, "error": j.error, "failed": j.failed} for j in jobs]
+    if not any(r["error"] for r in rows):
+        cols = [c for c in cols if c.key != "error"]
     return Table("jobs", "Jobs of the campaign", f"{len(rows)} launcher records in jobs/", cols, rows)
 
 
