@@ -107,3 +107,15 @@ def test_cpu_threads_per_rank():
     assert cpu_threads_per_rank(2, 2, 2) == 1  # two unbound ranks share
     assert cpu_threads_per_rank(2, 2, 4) == 1  # never 0
     assert cpu_threads_per_rank(4, 64, 8) == 4  # bound by srun --cpus-per-task=4: use them
+
+
+def test_equal_shards_agree_with_the_cnn_pipeline():
+    # the CNN pipeline cuts each epoch's order to equal shards itself; both must give the same steps
+    from microcal_hpc.cnn.pipeline import epoch_order
+    from microcal_hpc.cnn.pipeline import steps_per_epoch as pipeline_steps
+
+    for n in (5, 65, 508, 509):
+        for size in (1, 2, 3):
+            assert pipeline_steps(n, 32, size) == steps_per_epoch(n, size, 32)
+            shards = [epoch_order(n, 0, 1, size, r) for r in range(size)]
+            assert [len(s) for s in shards] == [equal_shard_length(n, size)] * size

@@ -41,12 +41,14 @@ def steps_per_epoch(n: int, batch_size: int, num_shards: int = 1) -> int:
 
 
 def training_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, first_epoch: int,
-                     epochs: int, augment: str = "none", num_shards: int = 1, shard_index: int = 0):
+                     epochs: int, augment: str = "none", num_shards: int = 1, shard_index: int = 0,
+                     record_batches: list | None = None):
     """Batches (x float32 (B, H, W, 1), y float32 (B, 1)) for epochs ``first_epoch .. epochs-1``, back to back.
 
     Use with ``model.fit(..., steps_per_epoch=steps_per_epoch(...), initial_epoch=first_epoch)``: the
     dataset has no known length, so Keras keeps one iterator across epochs and epoch ``e`` gets the
     ``e``-th block of batches. Augmentation layers are seeded from (seed, shard_index, first_epoch).
+    ``record_batches`` (test hook): a list that receives each batch's training-image indices as produced.
     """
     import tensorflow as tf
 
@@ -61,6 +63,17 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
 
     ds = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32))  # one element per epoch
     ds = ds.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+    if record_batches is not None:
+        def _record(idx):
+            record_batches.append(idx.numpy().tolist())
+            return idx
+
+        def _recorded(idx):
+            out = tf.py_function(_record, [idx], tf.int32)
+            out.set_shape([None])
+            return out
+
+        ds = ds.map(_recorded)  # sequential: batches are recorded in the order training consumes them
     ds = ds.map(lambda idx: (tf.gather(x_all, idx), tf.gather(y_all, idx)), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     augmenter = build_augmenter(augment, seed=_augment_seed(seed, shard_index, first_epoch))

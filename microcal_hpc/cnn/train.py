@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ PLATEAU_FACTOR = 0.5
 MIN_LR = 1e-6
 # history.json keys that measure time, not learning (they differ between identical runs)
 TIME_KEYS = ("epoch_seconds", "train_seconds", "images_per_second")
+# Test hook: when set (to anything), every rank logs the training-image indices it consumed per epoch.
+SHARD_LOG_ENV = "MICROCAL_DEBUG_SHARDS"
 # settings that may change between a run and its resumption
 _RESUMABLE_CHANGES = ("epochs", "stop_after_epoch")
 
@@ -308,11 +312,17 @@ def train_cnn(cfg: Config, data: str | Path, run_dir: str | Path, name: str) -> 
     job_dir = job_folder(run_dir, name)
 
     ctx = init_context(cfg.distributed)
-    ctx.pin_device()
     if ctx.is_root:
         setup_job_logging(job_dir / "train.log")
     else:
         setup_job_logging(job_dir / "logs" / f"rank-{ctx.rank}.log", console=False)
+    ctx.pin_device()  # before any TensorFlow op; after the logging set-up so that its line is logged
+    with ctx.fail_fast(log):  # several ranks: an error on one is logged and ends them all (non-zero exit)
+        return _train_cnn(cfg, data, job_dir, name, ctx, started)
+
+
+def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, started: float) -> Path:
+    train = cfg.train
     if is_complete(job_dir):
         _check_same_settings(job_dir, train)
         log.info("%s: already complete (metrics.json exists); not retraining", job_dir)
@@ -347,6 +357,8 @@ def train_cnn(cfg: Config, data: str | Path, run_dir: str | Path, name: str) -> 
         checkpoint.restore(job_dir, model, optimizer, state)
     if ctx.allreduce_mean(float(state.epoch), "resume_epoch") != state.epoch:
         raise ConfigError(f"{job_dir}: ranks found different checkpoints; is checkpoints/ on a shared file system?")
+    if state.epoch:
+        ctx.broadcast_variables(model, optimizer)  # every rank continues from rank 0's variables
 
     log.info("%s: %d training, %d validation, %d official Test images; augment=%s, %d ranks (%s)%s",
              name, len(d.train_y), len(d.val_y), len(d.test_y), train.augment, ctx.size, ctx.name,
@@ -359,12 +371,18 @@ def train_cnn(cfg: Config, data: str | Path, run_dir: str | Path, name: str) -> 
         warmup = cfg.distributed.warmup_epochs if ctx.size > 1 else 0
         epoch_cb = _make_epoch_callback(ctx, job_dir, model, optimizer, state, train, base_lr, warmup,
                                         images_per_epoch)
+        record = [] if os.environ.get(SHARD_LOG_ENV) else None
+        first_epoch = state.epoch
         ds = training_dataset(d.train_x, d.train_y, batch_size=train.batch_size, seed=train.seed,
                               first_epoch=state.epoch, epochs=train.epochs, augment=train.augment,
-                              num_shards=ctx.size, shard_index=ctx.rank)
+                              num_shards=ctx.size, shard_index=ctx.rank, record_batches=record)
         model.fit(ds, epochs=train.epochs, initial_epoch=state.epoch, steps_per_epoch=steps,
                   validation_data=evaluation_dataset(d.val_x, d.val_y), verbose=0,
                   callbacks=list(ctx.callbacks(train.learning_rate, steps)) + [epoch_cb])
+        for i in range(0, len(record or []), steps):
+            seen = [j for batch in record[i:i + steps] for j in batch]
+            log.info("shards: rank %d/%d epoch %d trained on %d of %d images: %s", ctx.rank, ctx.size,
+                     first_epoch + i // steps + 1, len(seen), n, json.dumps(seen))
         if epoch_cb.stop_requested:
             log.info("%s: stopped after epoch %d of %d; run again with the same arguments to resume",
                      job_dir, state.epoch, train.epochs)
