@@ -35,7 +35,8 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     """Build RUN/report/{report.html, report.md, metrics.json, figures/}; return the path of report.html.
 
     Writes RUN/report/aggregate.log; logs a warning (and still succeeds) when the run is partial.
-    metrics.json is written last: its presence with the current input fingerprint marks a complete report.
+    report.html is removed before a rebuild and written last (the launcher's completeness marker); with
+    metrics.json holding the current input fingerprint it marks an up-to-date report.
     """
     from microcal_hpc.atomic import write_json, write_text
     from microcal_hpc.errors import InputError
@@ -57,12 +58,14 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
         return str(html_path)
     t0 = time.perf_counter()
     log.info("aggregating %s", run)
+    html_path.unlink(missing_ok=True)
     report, metrics, coll = build_report(cfg, run, out)
     metrics["inputs_fingerprint"] = fingerprint
-    write_text(html_path, render_html(report, embed=True))
+    page = render_html(report, embed=True)
     write_text(out / "report.md", render_markdown(report))
     metrics["elapsed_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "metrics.json", metrics)
+    write_text(html_path, page)
     for p in coll.problems:
         log.warning("output does not follow docs/outputs.md: %s", p)
     if not coll.complete:

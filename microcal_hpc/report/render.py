@@ -105,7 +105,7 @@ def _row_value(table: Table, row: dict[str, Any], key: str) -> str:
 # HTML
 
 CSS = """
-body { font-family: "DejaVu Sans", Arial, Helvetica, sans-serif; margin: 24px auto; max-width: 1320px; color: #222;
+body { font-family: "DejaVu Sans", Arial, Helvetica, sans-serif; margin: 24px auto; max-width: 1400px; color: #222;
        line-height: 1.45; padding: 0 16px; }
 h1 { font-size: 1.7em; margin-bottom: 0.1em; }
 h2 { font-size: 1.35em; border-bottom: 2px solid #1f77b4; padding-bottom: 3px; margin-top: 1.8em; }
@@ -114,6 +114,7 @@ h3 { font-size: 1.08em; margin: 1.3em 0 0.3em; }
 nav { background: #f4f6f9; padding: 8px 12px; border-radius: 4px; }
 nav a { margin-right: 14px; }
 table { border-collapse: collapse; margin: 6px 0 4px; font-size: 0.82em; }
+table.wide { font-size: 0.76em; }
 th, td { border: 1px solid #c8ccd2; padding: 3px 6px; text-align: right; white-space: nowrap; }
 th { background: #eef1f5; text-align: center; white-space: normal; }
 td.text { text-align: left; }
@@ -152,7 +153,8 @@ def numeric_columns(t: Table) -> set[str]:
 
 def table_html(t: Table) -> str:
     out = [f'<div class="table" id="table-{_esc(t.key)}">', f"<h3>{_esc(t.title)}</h3>",
-           f'<p class="basis">Based on: {_esc(t.basis)}</p>', "<table>", "<thead>"]
+           f'<p class="basis">Based on: {_esc(t.basis)}</p>',
+           '<table class="wide">' if len(t.columns) >= 12 else "<table>", "<thead>"]
     if any(c.group for c in t.columns):
         cells, i, n = [], 0, len(t.columns)
         while i < n:
