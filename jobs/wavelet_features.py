@@ -52,14 +52,22 @@ def features_job(cfg, data: str, out: str, force: bool = False, summary: dict | 
     except PeerFailed:
         raise
     except Exception as e:
-        if log is not None:  # the job's log records why it failed (the console line comes from the CLI)
-            for h in logging.getLogger("microcal").handlers:
-                if isinstance(h, logging.FileHandler):
-                    h.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, f"failed: {e}", None, None))
+        if log is not None:
+            _log_to_file_only(log.name, f"failed: {e}")
         raise
     if summary is not None:
         summary.update(result)
     return str(out)
+
+
+def _log_to_file_only(name: str, message: str) -> None:
+    """Record a failure in the job's log file; the console line comes from the command line's error report."""
+    import logging
+
+    record = logging.LogRecord(name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger("microcal").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

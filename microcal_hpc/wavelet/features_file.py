@@ -71,9 +71,12 @@ def input_digest(packed: str | os.PathLike) -> str:
         for split in SPLITS:
             g = f[split]
             h.update(f"[{split}] {g['labels'].shape[0]}\n".encode())
-            h.update(np.ascontiguousarray(g["labels"][()].astype(np.int8)).tobytes())
-            for name in ("ids", "pixel_hash"):
-                h.update("\n".join(_strings(g[name]).tolist()).encode())
+            n = g["labels"].shape[0]
+            for a in range(0, n, 65536):  # in blocks: memory does not grow with the number of images
+                b = min(n, a + 65536)
+                h.update(np.ascontiguousarray(g["labels"][a:b].astype(np.int8)).tobytes())
+                for name in ("ids", "pixel_hash"):
+                    h.update(("\n".join(g[name].asstr()[a:b].tolist()) + "\n").encode())
     return h.hexdigest()
 
 

@@ -206,14 +206,51 @@ def _describe_settings(wcfg) -> str:
             f"features={wcfg.features} dtype={wcfg.dtype}")
 
 
+class FeaturesTerminated(MicrocalError):
+    """The job was stopped by SIGTERM (e.g. scancel); the temporary output was removed."""
+
+    exit_code = 143
+
+
+class _SignalReceived(BaseException):
+    """Raised by the SIGTERM handler; a BaseException so that the per-step error capture lets it through."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Turn SIGTERM into an exception while the job runs, so the temporary output is removed (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(signum, frame):
+        raise _SignalReceived()
+
+    previous = signal.signal(signal.SIGTERM, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=None, force: bool = False,
                     progress_every: float = 10.0) -> dict:
     """Compute the wavelet features of every image of ``data`` into ``out``; collective over ``comm``.
 
     Returns a run summary (identical keys on every rank; timings and memory are gathered on rank 0):
-    status (written | up to date), ranks, images, seconds, images_per_second, peak_rss_mb (per rank).
+    status (written | up to date), ranks, images, seconds, images_per_second, peak_rss_mb_per_rank.
     """
-    comm = comm if comm is not None else get_comm()
+    try:
+        with _sigterm_raises():
+            return _extract(wcfg, data, out, comm if comm is not None else get_comm(), force, progress_every)
+    except _SignalReceived:
+        raise FeaturesTerminated(f"{out}: terminated by SIGTERM; nothing written") from None
+
+
+def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
     agree = _Agreement(comm)
     rank, size = agree.rank, agree.size
     t0 = time.perf_counter()
@@ -297,16 +334,14 @@ def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=
 
             tmp = stack.enter_context(atomic_path(out))
             fout = stack.enter_context(h5py.File(tmp, "w"))
-            str_dtype = h5py.string_dtype("utf-8")
             for s in SPLITS:
                 g = fout.create_group(s)
                 n = counts[s]
                 for name, width in widths.items():
                     # contiguous: each round writes row blocks at arbitrary offsets without read-modify-write
                     dsets[(s, name)] = g.create_dataset(name, shape=(n, width), dtype=dtype, track_times=False)
-                g.create_dataset("labels", data=packed[s]["labels"][()].astype(np.int8), track_times=False)
-                for name in ("ids", "groups", "cases", "pixel_hash"):
-                    g.create_dataset(name, data=packed[s][name][()], dtype=str_dtype, track_times=False)
+                for name in features_file.META_FIELDS:  # HDF5-level copies: no Python strings, O(1) memory
+                    packed.copy(packed[s][name], g, name=name)
             recvbuf = np.empty((size * chunk, row), dtype=dtype)
     if err:
         stack.__exit__(type(err[0]), err[0], None)

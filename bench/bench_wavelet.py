@@ -1,0 +1,246 @@
+"""Benchmark of the wavelet features: per-core throughput, and MPI scaling of the wavelet-features job.
+
+    python bench/bench_wavelet.py                       # -> bench/results/wavelet.json
+    python bench/bench_wavelet.py --sizes 20000 --ranks 1,2 --repeats 1 --out /tmp/w.json
+
+1. Throughput on one core (in this process): images/s of db5 level 4 feature extraction on 60x60
+   patches, one batched ``wavedec2`` call per chunk vs a per-image ``wavedec2`` loop; decomposition
+   alone and the full coeffs+stats feature rows; float64 and float32.
+2. Scaling: random 8-bit patches are written to a packed-format HDF5 file in a temporary folder (not
+   timed), then ``mpiexec -n N python -m microcal_hpc wavelet-features`` runs for each N and size.
+   Reported: wall time of the whole command (launch + imports + job) and of the job itself, peak
+   memory (ru_maxrss) of every rank as gathered by the job, and the parallel efficiency
+   ``T(1) / (N * T(N))``. Each point is the best of ``--repeats`` runs (the minimum is the least
+   disturbed by other processes on shared cores).
+
+Targets (from the brief): >= 20,000 images/s per core for db5 level 4 on 60x60; 2-rank parallel
+efficiency >= 0.85 at 100k images; peak memory per rank independent of the number of images.
+Timings on shared or busy cores are upper bounds; the JSON records the load average before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_packed(path: Path, n: int, seed: int = 0, test_fraction: float = 0.2, shape=(60, 60)) -> None:
+    """A packed-format file (microcal_hpc/dataset.py layout) of ``n`` random uint8 patches."""
+    import h5py
+
+    from data_prep.readers import pixel_hash
+    from microcal_hpc.dataset import FORMAT_NAME, FORMAT_VERSION
+
+    rng = np.random.default_rng(seed)
+    n_test = int(round(n * test_fraction))
+    counts = {"train": n - n_test, "test": n_test}
+    str_dtype = h5py.string_dtype("utf-8")
+    with h5py.File(path, "w") as f:
+        for split, m in counts.items():
+            g = f.create_group(split)
+            images = g.create_dataset("images", shape=(m,) + shape, dtype=np.uint8,
+                                      chunks=(min(1024, max(m, 1)),) + shape)
+            hashes = []
+            for a in range(0, m, 8192):
+                block = rng.integers(0, 256, (min(8192, m - a),) + shape, dtype=np.uint8)
+                images[a:a + len(block)] = block
+                hashes += [pixel_hash(img) for img in block]
+            labels = (np.arange(m) % 2).astype(np.int8)
+            ids = [f"{split}/{i % 2}/{i:07d}.pgm" for i in range(m)]
+            g.create_dataset("labels", data=labels)
+            for name, values in (("ids", ids), ("groups", [f"g{i // 4:06d}" for i in range(m)]),
+                                 ("cases", [f"{i // 40:05d}" for i in range(m)]), ("sha256", hashes),
+                                 ("pixel_hash", hashes)):
+                g.create_dataset(name, data=np.array(values, dtype=object), dtype=str_dtype)
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["image_shape"] = np.array(shape, dtype=np.int64)
+        f.attrs["counts"] = json.dumps({s: {"total": m} for s, m in counts.items()})
+
+
+def _rate(fn, n_images: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return n_images / best
+
+
+def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
+    """images/s in this process (one core): batched calls per chunk vs a per-image loop."""
+    import pywt
+
+    from microcal_hpc.wavelet.transform import coeff_features, stats_features, wavedec2_batch
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (n_images, 60, 60), dtype=np.uint8)
+    out: dict = {"images": n_images, "loop_images": loop_images, "wavelet": "db5", "level": 4, "shape": [60, 60]}
+    for dtype in ("float64", "float32"):
+        res = {}
+        for chunk in (256, 2048):
+            def decompose(chunk=chunk):
+                for a in range(0, n_images, chunk):
+                    wavedec2_batch(images[a:a + chunk], "db5", 4, "symmetric", dtype)
+
+            def features(chunk=chunk):
+                for a in range(0, n_images, chunk):
+                    c = wavedec2_batch(images[a:a + chunk], "db5", 4, "symmetric", dtype)
+                    coeff_features(c, (4, 3, 2))
+                    stats_features(c)
+
+            res[f"batched_chunk{chunk}_decompose"] = round(_rate(decompose, n_images, repeats))
+            res[f"batched_chunk{chunk}_coeffs_and_stats"] = round(_rate(features, n_images, repeats))
+
+        def loop():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for i in range(loop_images):
+                    pywt.wavedec2(images[i].astype(dtype), "db5", mode="symmetric", level=4)
+
+        res["per_image_loop_decompose"] = round(_rate(loop, loop_images, repeats))
+        res["batched_speedup_vs_loop"] = round(res["batched_chunk2048_decompose"] / res["per_image_loop_decompose"], 2)
+        out[dtype] = res
+        print(f"[throughput] {dtype}: {res}", flush=True)
+    return out
+
+
+def _mpi_env() -> dict:
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    return env
+
+
+def run_job(data: Path, out: Path, ranks: int, features: str, dtype: str, chunk: int) -> dict:
+    """One timed ``mpiexec -n ranks ... wavelet-features`` run; returns wall time + the job's summary."""
+    summary = out.with_suffix(".json")
+    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), "--oversubscribe", sys.executable, "-m",
+           "microcal_hpc", "wavelet-features", "--data", str(data), "--out", str(out), "--features", features,
+           "--dtype", dtype, "--chunk-size", str(chunk), "--force", "--summary-json", str(summary)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=_mpi_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    s = json.loads(summary.read_text())
+    s["wall_seconds"] = round(wall, 3)
+    out.unlink(missing_ok=True)
+    summary.unlink(missing_ok=True)
+    return s
+
+
+def scaling(sizes: list[int], ranks: list[int], repeats: int, features: str, dtype: str, chunk: int,
+            workdir: Path) -> list[dict]:
+    rows = []
+    for n in sizes:
+        data = workdir / f"packed_{n}.h5"
+        t0 = time.perf_counter()
+        write_packed(data, n)
+        print(f"[scaling] wrote {n} random patches in {time.perf_counter() - t0:.1f} s (not timed)", flush=True)
+        for r in ranks:
+            runs = [run_job(data, workdir / f"features_{n}_{r}.h5", r, features, dtype, chunk) for _ in range(repeats)]
+            best = min(runs, key=lambda s: s["seconds"])
+            row = {"images": n, "ranks": r, "job_seconds": best["seconds"], "wall_seconds": best["wall_seconds"],
+                   "job_seconds_all": [s["seconds"] for s in runs], "wall_seconds_all": [s["wall_seconds"] for s in runs],
+                   "compute_seconds_per_rank": best.get("compute_seconds_per_rank"),
+                   "peak_rss_mb_per_rank": best.get("peak_rss_mb_per_rank"),
+                   "images_per_second": round(n / best["seconds"], 1)}
+            rows.append(row)
+            print(f"[scaling] {n} images, {r} rank(s): job {row['job_seconds']:.2f} s, wall {row['wall_seconds']:.2f} s, "
+                  f"peak RSS/rank {row['peak_rss_mb_per_rank']} MB", flush=True)
+        data.unlink()
+    for row in rows:
+        base = next(x for x in rows if x["images"] == row["images"] and x["ranks"] == 1) if 1 in ranks else None
+        if base:
+            row["speedup_job"] = round(base["job_seconds"] / row["job_seconds"], 3)
+            row["efficiency_job"] = round(base["job_seconds"] / (row["ranks"] * row["job_seconds"]), 3)
+            row["efficiency_wall"] = round(base["wall_seconds"] / (row["ranks"] * row["wall_seconds"]), 3)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="20000,100000", help="numbers of patches for the scaling runs")
+    p.add_argument("--ranks", default="1,2", help="MPI rank counts")
+    p.add_argument("--repeats", type=int, default=2, help="runs per point (the best is kept)")
+    p.add_argument("--throughput-images", type=int, default=20000)
+    p.add_argument("--loop-images", type=int, default=3000)
+    p.add_argument("--features", default="both", choices=("coeffs", "stats", "both"))
+    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--workdir", help="folder for the temporary files (default: a new temp folder)")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "wavelet.json"))
+    args = p.parse_args(argv)
+
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    throughput = per_core_throughput(args.throughput_images, args.loop_images, repeats=2)
+    with tempfile.TemporaryDirectory(prefix="bench_wavelet_", dir=args.workdir) as tmp:
+        rows = scaling([int(s) for s in args.sizes.split(",")], [int(r) for r in args.ranks.split(",")],
+                       args.repeats, args.features, args.dtype, args.chunk_size, Path(tmp))
+    load_after = os.getloadavg()
+
+    by = {(r["images"], r["ranks"]): r for r in rows}
+    sizes = sorted({r["images"] for r in rows})
+    big = sizes[-1]
+    eff2 = by.get((big, 2), {}).get("efficiency_job")
+    rss = {f"{n}_images": {str(r): by[(n, r)]["peak_rss_mb_per_rank"] for r in sorted({x["ranks"] for x in rows})}
+           for n in sizes}
+    best_core = max(throughput[d][k] for d in ("float64", "float32") for k in throughput[d] if k.startswith("batched")
+                    and k.endswith("decompose"))
+    result = {
+        "benchmark": "wavelet features (db5, level 4, 60x60)",
+        "started": started,
+        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "note": ("cores shared with other processes while measuring: times are upper bounds, rates lower bounds"
+                 if max(load_before[0], load_after[0]) > 0.5 else "machine looked idle"),
+        "settings": {"features": args.features, "dtype": args.dtype, "chunk_size": args.chunk_size,
+                     "repeats": args.repeats},
+        "throughput_per_core": throughput,
+        "scaling": rows,
+        "peak_rss_mb_per_rank": rss,
+        "targets": {
+            "images_per_second_per_core >= 20000 (decomposition, best batched)": {"value": best_core,
+                                                                                   "met": best_core >= 20000},
+            f"2-rank efficiency >= 0.85 at {big} images (job time)": {"value": eff2,
+                                                                        "met": eff2 is not None and eff2 >= 0.85},
+            "peak memory per rank independent of the number of images": {
+                "value": rss, "met": _flat_memory(rows)},
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["targets"], indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _flat_memory(rows: list[dict], tolerance: float = 0.15) -> bool | None:
+    """True if, for every rank count, the largest run's peak RSS is within ``tolerance`` of the smallest's."""
+    ok = None
+    for r in {x["ranks"] for x in rows}:
+        runs = sorted((x for x in rows if x["ranks"] == r), key=lambda x: x["images"])
+        if len(runs) < 2 or not runs[0]["peak_rss_mb_per_rank"]:
+            continue
+        small, large = max(runs[0]["peak_rss_mb_per_rank"]), max(runs[-1]["peak_rss_mb_per_rank"])
+        ok = (ok is not False) and large <= small * (1 + tolerance)
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())
