@@ -182,7 +182,8 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
         curves.append((f"Baseline: {k}", b.run.test, F.ARM_COLOURS["baseline"], ":"))
     p = fig("roc_test", F.roc_single, curves)
     if p:
-        cnn.blocks.append(Figure("roc_test.png", p, "ROC curves of the single runs on the official Test set."))
+        cnn.blocks.append(Figure("roc_test.png", p, "ROC curves of the single runs on the official Test set.",
+                                 half=True))
     cv_groups = []
     if S.cnn_folds:
         cv_groups.append(("CNN", {k: s.run.val for k, s in S.cnn_folds.items()}, F.ARM_COLOURS["cnn"]))
@@ -194,7 +195,8 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
     p = fig("roc_cv", F.roc_cv, cv_groups, expected_folds=S.expected_folds)
     if p:
         cnn.blocks.append(Figure("roc_cv.png", p, "Mean cross-validation ROC (true positive rate interpolated on a "
-                                 "common false-positive-rate grid, averaged over folds) with a ±1 std band."))
+                                 "common false-positive-rate grid, averaged over folds) with a ±1 std band.",
+                                 half=True))
 
     # ---------------- Wavelet
     wav = Section("wavelet", "4. Wavelet classifiers")

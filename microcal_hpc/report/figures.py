@@ -134,7 +134,7 @@ def roc_single(curves: Sequence[tuple[str, Predictions, str, str]], path: str | 
     curves = [c for c in curves if c[1] is not None and len(np.unique(c[1].labels)) == 2]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    fig, ax = plt.subplots(figsize=(6.2, 7.0))
     for label, p, colour, style in curves:
         fpr, tpr, _ = roc_curve(p.labels, p.prob)
         ax.plot(fpr, tpr, style, color=colour, lw=1.8, label=f"{label} (AUC {roc_auc_score(p.labels, p.prob):.3f})")
@@ -146,7 +146,7 @@ def roc_single(curves: Sequence[tuple[str, Predictions, str, str]], path: str | 
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -175,7 +175,7 @@ def roc_cv(groups: Sequence[tuple[str, dict[int, Predictions], str]], path: str 
     if not groups:
         return None
     grid = np.linspace(0, 1, 201)
-    fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    fig, ax = plt.subplots(figsize=(6.2, 7.0))
     for label, folds, colour in groups:
         mean, std, aucs = mean_roc(folds, grid)
         sd = np.std(aucs, ddof=1) if len(aucs) > 1 else 0.0
@@ -191,7 +191,7 @@ def roc_cv(groups: Sequence[tuple[str, dict[int, Predictions], str]], path: str 
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
     return _save(fig, path)
 
 

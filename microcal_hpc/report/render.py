@@ -35,6 +35,7 @@ class Figure:
     name: str  # file name below figures/
     path: Path  # absolute path of the PNG
     caption: str
+    half: bool = False  # HTML: half the page width (two such figures side by side)
 
 
 @dataclass
@@ -130,6 +131,7 @@ tr.summary td { border-top: 2px solid #777; font-weight: bold; }
 .box h3 { margin-top: 0.2em; }
 .box ul { margin: 4px 0; padding-left: 20px; font-size: 0.9em; }
 figure { margin: 12px 0 18px; }
+figure.half { display: inline-block; width: 48%; margin-right: 1.5%; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.88em; color: #333; margin-top: 4px; max-width: 1100px; }
 pre { background: #f6f8fa; border: 1px solid #ddd; padding: 8px; font-size: 0.8em; max-height: 420px; overflow: auto; }
@@ -198,7 +200,8 @@ def figure_html(f: Figure, embed: bool = True) -> str:
         src = f"data:image/png;base64,{data}"
     else:
         src = f"figures/{f.name}"
-    return (f'<figure id="fig-{_esc(Path(f.name).stem)}"><img src="{src}" alt="{_esc(f.caption)}">'
+    cls = ' class="half"' if f.half else ""
+    return (f'<figure id="fig-{_esc(Path(f.name).stem)}"{cls}><img src="{src}" alt="{_esc(f.caption)}">'
             f"<figcaption>{_esc(f.caption)}</figcaption></figure>")
 
 
