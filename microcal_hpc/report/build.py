@@ -239,7 +239,8 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
             f.unlink()
     sections = [summary, data, cnn, wav, comp, short, gal]
     report = Report("Microcalcification clusters: CNN versus wavelet classifiers",
-                    f"Run {run_dir.name}: " + ("complete" if coll.complete else "PARTIAL run (see the box below)"),
+                    f"Run directory '{run_dir.name}': " + ("complete run" if coll.complete
+                                                           else "PARTIAL run (see the box below)"),
                     sections)
     metrics = {
         "schema": 1,
