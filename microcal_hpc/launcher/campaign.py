@@ -13,7 +13,7 @@ from typing import Optional, TextIO
 from microcal_hpc.config import Config
 from microcal_hpc.errors import ConfigError
 from microcal_hpc.launcher import executors, records, status
-from microcal_hpc.launcher.plan import JobSpec, Plan, build_plan, resolve_paths, selection
+from microcal_hpc.launcher.plan import JobSpec, Plan, build_plan, packed_path, resolve_paths, selection
 
 
 def _resources_text(cfg: Config, spec: JobSpec) -> str:
@@ -139,4 +139,34 @@ def _summarize_local(run: str, plan: Plan, states: dict[str, str], say) -> int:
     else:
         say(f"no report: {report} was not written")
     return 1 if failed else 0
+
+
+
+def write_run_config(cfg: Config, run_dir: Optional[str] = None, out: Optional[TextIO] = None) -> int:
+    """Write RUN/config.yaml (paths absolute) and RUN/manifest.json without running anything, and print
+    the campaign as shell assignments (RUN_DIR, CONFIG, DATA, PACK, OFFICIAL, CV_FOLDS, AUGMENT_PRESETS,
+    WAVELET, WAVELET_TASKS) for plain sbatch scripts (slurm/submit_all.sh)."""
+    import shlex
+
+    out = out or sys.stdout
+    cfg = resolve_paths(cfg)
+    run = str(Path(run_dir or cfg.campaign.run_dir).expanduser().resolve())
+    cfg.campaign.run_dir = run
+    plan = build_plan(cfg, run)
+    records.write_manifest(run, cfg, "sbatch", [])
+    feats = cfg.resources("wavelet_features")
+    values = {
+        "RUN_DIR": run,
+        "CONFIG": str(Path(run) / "config.yaml"),
+        "DATA": packed_path(cfg, run),
+        "PACK": int("pack" in plan.keys()),
+        "OFFICIAL": int(cfg.campaign.official),
+        "CV_FOLDS": cfg.campaign.cv_folds,
+        "AUGMENT_PRESETS": " ".join(cfg.campaign.augment_presets),
+        "WAVELET": int(cfg.campaign.wavelet),
+        "WAVELET_TASKS": feats.tasks_per_node * feats.nodes,
+    }
+    for k, v in values.items():
+        print(f"{k}={shlex.quote(str(v))}", file=out)
+    return 0
 

@@ -96,12 +96,23 @@ def _run_under_mpiexec(spec: JobSpec) -> Any:
     return [str(p) for p in spec.outputs]
 
 
+class MissingOutputs(RuntimeError):
+    """The job function returned, but the files that mark the job complete are not there."""
+
+
 def _call(spec: JobSpec) -> Any:
     failing = {k.strip() for k in os.environ.get(FAULT_ENV, "").split(",") if k.strip()}
     if spec.key in failing:
         raise InjectedFault(f"{spec.key}: failure injected by {FAULT_ENV} (test hook)")
     fn = resolve_function(spec.function)
     return fn(spec.config, *spec.args)
+
+
+def _check_outputs(spec: JobSpec) -> None:
+    missing = [p for p in spec.outputs if not Path(p).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MissingOutputs(f"{spec.key}: the job returned without writing {missing[0]}{more}")
 
 
 def run_spec(spec: JobSpec) -> Any:
@@ -124,6 +135,8 @@ def run_spec(spec: JobSpec) -> Any:
         _reconcile_before_report(run_dir)
     try:
         result = runner(spec)
+        if writes:
+            _check_outputs(spec)
     except Exception as e:  # the job failed: record why, let submitit/the caller see the exception
         if writes:
             line = f"{type(e).__name__}: {e}".splitlines()[0][:500]

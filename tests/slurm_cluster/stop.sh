@@ -10,7 +10,12 @@ PIDS_FILE="$DIR/pids"
 [ -f "$PIDS_FILE" ] || { echo "[slurm-cluster] nothing to stop: $PIDS_FILE not found" >&2; exit 0; }
 WAIT="${SLURM_CLUSTER_STOP_WAIT:-15}"
 
-alive() { kill -0 "$1" 2>/dev/null; }
+alive() {  # running and not a zombie (a dead daemon whose new parent has not reaped it yet)
+  kill -0 "$1" 2>/dev/null || return 1
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
 
 # reverse start order: jobs' daemons before the database and the authentication they need
 mapfile -t entries < <(tac "$PIDS_FILE")

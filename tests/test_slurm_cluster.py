@@ -1,0 +1,264 @@
+"""A REAL single-node SLURM cluster (slurmctld, slurmd, slurmdbd + MariaDB, munge, two fake GPUs),
+started once for this module by tests/slurm_cluster/start.sh and stopped at teardown, pass or fail.
+
+1. `microcal-hpc submit --executor slurm`: a tiny campaign (real data, 1 epoch, 2 folds as an array,
+   1 augmentation preset, MPI wavelet features on 2 tasks, 2 classifiers) completes; every CNN job
+   asked for --gres=gpu:1 and ran with CUDA_VISIBLE_DEVICES set (on CPU: TF sees no real GPU).
+2. slurm/submit_all.sh (plain sbatch scripts chained with --dependency) completes the same campaign.
+3. scancel of a running training job: `microcal-hpc status` reports it CANCELLED.
+4. Preemption: USR2 (SLURM's pre-time-limit/preemption signal) to a running training job: submitit
+   checkpoints and requeues it; it resumes and ends with the full number of epochs in history.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_launcher_local import TINY, explain, job_env, microcal, records
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPTS = REPO / "tests" / "slurm_cluster"
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.realdata]
+
+# small requests so that jobs fit the test node whatever its size
+SMALL = ["campaign.resources.train.cpus_per_task=1", "campaign.resources.train.mem_gb=1",
+         "campaign.resources.train.gpus_per_node=1", "campaign.resources.train.time_min=10",
+         "campaign.resources.pack.mem_gb=1", "campaign.resources.aggregate.mem_gb=1",
+         "campaign.resources.wavelet_classify.mem_gb=1", "campaign.resources.wavelet_classify.cpus_per_task=1",
+         "campaign.resources.wavelet_features.mem_gb=1", "campaign.resources.wavelet_features.tasks_per_node=2",
+         "campaign.resources.wavelet_features.cpus_per_task=1"]
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "SKIPPED", "INTERRUPTED",
+            "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+def _tail_logs(state_dir: Path) -> str:
+    out = []
+    for p in sorted((state_dir / "log").glob("*")):
+        out.append(f"--- {p}\n" + p.read_text(errors="replace")[-2000:])
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """Start the cluster (installing the Debian packages if missing); yield its SLURM_CONF; stop it."""
+    if not shutil.which("slurmctld") and os.geteuid() != 0 and not shutil.which("sudo"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("SLURM is not installed and cannot be (not root, no sudo)")
+        pytest.skip("SLURM is not installed and cannot be (not root, no sudo)")
+    state = Path(tempfile.mkdtemp(prefix="mc-slurm-", dir="/tmp"))  # short: unix socket paths <= 107 bytes
+    old_conf = os.environ.get("SLURM_CONF")
+    try:
+        start = subprocess.run(["bash", str(CLUSTER_SCRIPTS / "start.sh"), str(state)], capture_output=True,
+                               text=True, timeout=300)
+        if start.returncode != 0:
+            pytest.fail(f"tests/slurm_cluster/start.sh failed ({start.returncode}):\n{start.stderr}\n"
+                        f"{_tail_logs(state)}")
+        os.environ["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
+        yield state
+    finally:
+        subprocess.run(["bash", str(CLUSTER_SCRIPTS / "stop.sh"), str(state)], capture_output=True, timeout=120)
+        if old_conf is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old_conf
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def slurm_env(**extra: str) -> dict[str, str]:
+    env = job_env(**extra)
+    env["MICROCAL_VENV"] = sys.prefix  # the venv the jobs run in (slurm/*.sbatch activate it)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def status_rows(run: Path) -> dict[str, dict]:
+    proc = microcal(["status", "--run-dir", str(run), "--json"], slurm_env(), 120)
+    assert proc.returncode == 0, proc.stderr
+    return {r["key"]: r for r in json.loads(proc.stdout)}
+
+
+def live_states(run: Path) -> dict[str, str]:
+    """{key: state} as `microcal-hpc status` computes it (records + sacct), in-process: cheap to poll."""
+    from microcal_hpc.launcher import status
+
+    return {r.key: r.state for r in status.collect(run)}
+
+
+def wait_for(predicate, timeout: float, what: str, on_fail, every: float = 1.0) -> float:
+    """Poll ``predicate`` every ``every`` s until true; fail with ``on_fail()`` after ``timeout`` s."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return time.time() - t0
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{on_fail()}")
+
+
+def sacct_states(ids: list[str]) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)], capture_output=True,
+                         text=True, timeout=60).stdout
+    return {line.split("|")[0]: line.split("|")[1].split(" ")[0] for line in out.splitlines() if "|" in line}
+
+
+def squeue_text() -> str:
+    return subprocess.run(["squeue"], capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.mark.timeout(420)
+def test_submitit_campaign_completes_on_slurm(slurm_cluster, real_root, tmp_path):
+    run = tmp_path / "run"
+    args = ["submit", "--executor", "slurm", "--run-dir", str(run), "--set", f"data.root={real_root}"]
+    for s in [*TINY, *SMALL]:
+        args += ["--set", s]
+    t0 = time.time()
+    proc = microcal(args, slurm_env(), 120)
+    assert proc.returncode == 0, explain(run, proc)
+    assert "9 jobs submitted" in proc.stdout, proc.stdout
+
+    def finished() -> bool:
+        states = live_states(run)
+        return len(states) == 9 and all(s in TERMINAL for s in states.values())
+
+    wait_for(finished, 360, "the campaign to end", lambda: explain(run) + "\n" + squeue_text(), every=2.0)
+    elapsed = time.time() - t0
+    rows = status_rows(run)
+    assert {k: r["state"] for k, r in rows.items()} == {k: "COMPLETED" for k in rows}, explain(run)
+    assert all(r["source"] in ("record", "sacct") for r in rows.values())
+    recs = records(run)
+    assert (run / "report" / "report.html").is_file()
+    for name in ("official", "fold-0", "fold-1", "augment-flips"):
+        assert (run / "cnn" / name / "metrics.json").is_file()
+        # --gres=gpu:1 -> SLURM set CUDA_VISIBLE_DEVICES (fake GPUs); TensorFlow trained on the CPU anyway
+        assert recs[f"cnn-{name}"]["cuda_visible_devices"] in ("0", "1"), recs[f"cnn-{name}"]
+    assert recs["cnn-fold-0"]["job_id"].endswith("_0") and recs["cnn-fold-1"]["job_id"].endswith("_1")
+    assert recs["wavelet-features"]["ranks"] == 2  # srun started 2 MPI ranks (pmix)
+    assert recs["pack"]["cuda_visible_devices"] in (None, "")
+    assert sacct_states([recs["aggregate"]["job_id"]]) == {recs["aggregate"]["job_id"]: "COMPLETED"}
+    assert json.loads((run / "manifest.json").read_text())["ended"]
+    print(f"\nSLURM (submitit): tiny campaign submit -> end {elapsed:.1f} s")
+
+
+@pytest.mark.timeout(420)
+def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
+    run = tmp_path / "run"
+    env = slurm_env(MEM_TRAIN="1G", MEM_OTHER="1G", MEM_WAVELET="1G", CPUS_TRAIN="1", GRES_TRAIN="gpu:1",
+                    TIME_TRAIN="00:10:00")
+    cmd = ["bash", str(REPO / "slurm" / "submit_all.sh"), "--run-dir", str(run), "--set", f"data.root={real_root}"]
+    for s in TINY:
+        cmd += ["--set", s]
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    ids = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
+           if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert set(ids) == {"pack", "cnn-official", "cnn-folds", "cnn-augment", "wavelet", "baseline", "aggregate"}
+
+    def logs() -> str:
+        text = [squeue_text(), json.dumps(sacct_states(list(ids.values())))]
+        for p in sorted((run / "logs").glob("*.out")):
+            text.append(f"--- {p}\n{p.read_text(errors='replace')[-2500:]}")
+        return "\n".join(text)
+
+    def finished() -> bool:
+        states = sacct_states(list(ids.values()))
+        return len(states) >= 8 and all(s in TERMINAL for s in states.values())
+
+    wait_for(finished, 360, "submit_all.sh's jobs to end", logs, every=2.0)
+    elapsed = time.time() - t0
+    states = sacct_states(list(ids.values()))
+    assert set(states.values()) == {"COMPLETED"}, logs()
+    assert {f"{ids['cnn-folds']}_0", f"{ids['cnn-folds']}_1"} <= set(states)  # the folds ran as one array
+    for name in ("official", "fold-0", "fold-1", "augment-flips"):
+        assert (run / "cnn" / name / "metrics.json").is_file(), logs()
+    for fs in ("coeffs", "stats"):
+        for clf in ("lr", "nb"):
+            assert (run / "wavelet" / fs / clf / "metrics.json").is_file(), logs()
+    assert (run / "baseline" / "greylevel-rf" / "metrics.json").is_file()
+    assert (run / "report" / "report.html").is_file()
+    assert "2 MPI rank(s)" in next((run / "logs").glob("mc-wavelet-*.out")).read_text()
+    print(f"\nSLURM (submit_all.sh): tiny campaign submit -> end {elapsed:.1f} s")
+
+
+def _submit_training(run: Path, packed: Path, epochs: int):
+    """Submit ONE CNN training job (cnn/official) through the launcher's SLURM executor."""
+    from microcal_hpc.config import load_config
+    from microcal_hpc.launcher.executors import submit_slurm
+    from microcal_hpc.launcher.plan import build_plan
+
+    cfg = load_config(None, [f"data.packed={packed}", f"train.epochs={epochs}", "campaign.cv_folds=0",
+                             "campaign.augment_presets=[]", "campaign.wavelet=false", *SMALL])
+    plan = build_plan(cfg, run)
+    spec = plan.get("cnn-official")
+    ids = submit_slurm(cfg, plan, [spec], {}, out=open(os.devnull, "w"))
+    return ids["cnn-official"]
+
+
+def _epochs_done(run: Path) -> int:
+    state = run / "cnn" / "official" / "checkpoints" / "state.json"
+    try:
+        return int(json.loads(state.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.timeout(300)
+def test_scancel_of_running_training_is_reported_cancelled(slurm_cluster, packed_real, tmp_path):
+    run = tmp_path / "run"
+    job_id = _submit_training(run, packed_real, epochs=200)
+    try:
+        wait_for(lambda: records(run)["cnn-official"].get("state") == "RUNNING", 180, "the training job to start",
+                 lambda: explain(run) + squeue_text())
+        subprocess.run(["scancel", job_id], check=True, timeout=60)
+        wait_for(lambda: live_states(run)["cnn-official"] == "CANCELLED", 120,
+                 "status to report CANCELLED", lambda: explain(run) + squeue_text())
+    finally:
+        subprocess.run(["scancel", job_id], timeout=60)
+    row = status_rows(run)["cnn-official"]
+    assert row["source"] == "sacct" and row["job_id"] == job_id
+    table = microcal(["status", "--run-dir", str(run)], slurm_env(), 60).stdout
+    assert "CANCELLED" in table and f"logs/{job_id}/{job_id}_0_log.err" in table
+    assert not (run / "cnn" / "official" / "metrics.json").exists()
+
+
+@pytest.mark.timeout(360)
+def test_preempted_training_is_requeued_and_finishes(slurm_cluster, packed_real, tmp_path):
+    run = tmp_path / "run"
+    epochs = 8
+    job_id = _submit_training(run, packed_real, epochs=epochs)
+    try:
+        wait_for(lambda: _epochs_done(run) >= 1, 240, "the first checkpointed epoch", lambda: explain(run) + squeue_text())
+        done_before = _epochs_done(run)
+        assert done_before < epochs, "training ended before it could be interrupted; raise epochs"
+        # what SLURM sends before a time limit or a preemption (submitit's own test hook does the same)
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+
+        def finished() -> bool:
+            # SLURM keeps a requeued job pending ~2 min (reason BeginTime): let it start now
+            reason = subprocess.run(["squeue", "-h", "-o", "%T %r", "-j", job_id], capture_output=True, text=True,
+                                    timeout=60).stdout.strip()
+            if reason == "PENDING BeginTime":
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=60)
+            return sacct_states([job_id]).get(job_id) in TERMINAL
+
+        wait_for(finished, 300, "the requeued job to finish", lambda: explain(run) + squeue_text())
+    finally:
+        subprocess.run(["scancel", job_id], timeout=60)
+    rec = records(run)["cnn-official"]
+    history = json.loads((run / "cnn" / "official" / "history.json").read_text())
+    assert history["epoch"] == list(range(1, epochs + 1)), history["epoch"]
+    assert rec["slurm_restart_count"] >= 1 and rec["requeued"], rec  # the same job id ran again
+    assert rec["job_id"] == job_id
+    log = Path(rec["log_out"]).read_text()  # submitit logs INFO on stdout
+    assert "Calling checkpoint method" in log and "Requeued job" in log, log[-3000:]
+    train_log = (run / "cnn" / "official" / "train.log").read_text()
+    assert sacct_states([job_id]) == {job_id: "COMPLETED"}
+    print(f"\npreemption: signalled after epoch {done_before}; resumed and finished {epochs} epochs")
+    assert train_log.count(f"epoch {epochs}/{epochs}") == 1
