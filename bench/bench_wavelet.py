@@ -5,12 +5,14 @@
 
 1. Throughput on one core (in this process): images/s of db5 level 4 feature extraction on 60x60
    patches, one batched ``wavedec2`` call per chunk vs a per-image ``wavedec2`` loop; decomposition
-   alone and the full coeffs+stats feature rows; float64 and float32.
+   alone and the full coeffs+stats feature rows; float64 and float32. Each rate is given per wall
+   second and per CPU second of this process: on shared cores the CPU-time rate is the per-core speed.
 2. Scaling: random 8-bit patches are written to a packed-format HDF5 file in a temporary folder (not
    timed), then ``mpiexec -n N python -m microcal_hpc wavelet-features`` runs for each N and size.
    Reported: wall time of the whole command (launch + imports + job) and of the job itself, peak
-   memory (ru_maxrss) of every rank as gathered by the job, and the parallel efficiency
-   ``T(1) / (N * T(N))``. Each point is the best of ``--repeats`` runs (the minimum is the least
+   memory (ru_maxrss) and CPU time of every rank as gathered by the job, and the parallel efficiency
+   ``T(1) / (N * T(N))`` (job time and wall time) and ``CPU(1) / sum of CPU(N)`` (parallel overhead in
+   CPU work, insensitive to other processes). Each point is the best of ``--repeats`` runs (the minimum is the least
    disturbed by other processes on shared cores).
 
 Targets (from the brief): >= 20,000 images/s per core for db5 level 4 on 60x60; 2-rank parallel
@@ -70,13 +72,18 @@ def write_packed(path: Path, n: int, seed: int = 0, test_fraction: float = 0.2, 
         f.attrs["counts"] = json.dumps({s: {"total": m} for s, m in counts.items()})
 
 
-def _rate(fn, n_images: int, repeats: int) -> float:
-    best = float("inf")
+def _rate(fn, n_images: int, repeats: int) -> dict:
+    """Best-of-``repeats`` images/s by wall clock and by this process's CPU time (user + system).
+
+    The CPU-time rate is what one core delivers even when other processes share the cores.
+    """
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return n_images / best
+        wall = min(wall, time.perf_counter() - t0)
+        cpu = min(cpu, time.process_time() - c0)
+    return {"wall": round(n_images / wall), "cpu": round(n_images / cpu)}
 
 
 def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
@@ -90,7 +97,7 @@ def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
     out: dict = {"images": n_images, "loop_images": loop_images, "wavelet": "db5", "level": 4, "shape": [60, 60]}
     for dtype in ("float64", "float32"):
         res = {}
-        for chunk in (256, 2048):
+        for chunk in (256, 512, 2048):
             def decompose(chunk=chunk):
                 for a in range(0, n_images, chunk):
                     wavedec2_batch(images[a:a + chunk], "db5", 4, "symmetric", dtype)
@@ -101,8 +108,8 @@ def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
                     coeff_features(c, (4, 3, 2))
                     stats_features(c)
 
-            res[f"batched_chunk{chunk}_decompose"] = round(_rate(decompose, n_images, repeats))
-            res[f"batched_chunk{chunk}_coeffs_and_stats"] = round(_rate(features, n_images, repeats))
+            res[f"batched_chunk{chunk}_decompose"] = _rate(decompose, n_images, repeats)
+            res[f"batched_chunk{chunk}_coeffs_and_stats"] = _rate(features, n_images, repeats)
 
         def loop():
             with warnings.catch_warnings():
@@ -110,8 +117,9 @@ def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
                 for i in range(loop_images):
                     pywt.wavedec2(images[i].astype(dtype), "db5", mode="symmetric", level=4)
 
-        res["per_image_loop_decompose"] = round(_rate(loop, loop_images, repeats))
-        res["batched_speedup_vs_loop"] = round(res["batched_chunk2048_decompose"] / res["per_image_loop_decompose"], 2)
+        res["per_image_loop_decompose"] = _rate(loop, loop_images, repeats)
+        res["batched_speedup_vs_loop_cpu"] = round(res["batched_chunk256_decompose"]["cpu"]
+                                                   / res["per_image_loop_decompose"]["cpu"], 2)
         out[dtype] = res
         print(f"[throughput] {dtype}: {res}", flush=True)
     return out
@@ -155,6 +163,7 @@ def scaling(sizes: list[int], ranks: list[int], repeats: int, features: str, dty
             row = {"images": n, "ranks": r, "job_seconds": best["seconds"], "wall_seconds": best["wall_seconds"],
                    "job_seconds_all": [s["seconds"] for s in runs], "wall_seconds_all": [s["wall_seconds"] for s in runs],
                    "compute_seconds_per_rank": best.get("compute_seconds_per_rank"),
+                   "cpu_seconds_per_rank": best.get("cpu_seconds_per_rank"),
                    "peak_rss_mb_per_rank": best.get("peak_rss_mb_per_rank"),
                    "images_per_second": round(n / best["seconds"], 1)}
             rows.append(row)
@@ -167,6 +176,9 @@ def scaling(sizes: list[int], ranks: list[int], repeats: int, features: str, dty
             row["speedup_job"] = round(base["job_seconds"] / row["job_seconds"], 3)
             row["efficiency_job"] = round(base["job_seconds"] / (row["ranks"] * row["job_seconds"]), 3)
             row["efficiency_wall"] = round(base["wall_seconds"] / (row["ranks"] * row["wall_seconds"]), 3)
+            if base.get("cpu_seconds_per_rank") and row.get("cpu_seconds_per_rank"):
+                # CPU work of 1 rank / CPU work of all ranks: parallel overhead, insensitive to other load
+                row["efficiency_cpu"] = round(sum(base["cpu_seconds_per_rank"]) / sum(row["cpu_seconds_per_rank"]), 3)
     return rows
 
 
@@ -179,11 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop-images", type=int, default=3000)
     p.add_argument("--features", default="both", choices=("coeffs", "stats", "both"))
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--chunk-size", type=int, default=None, help="default: wavelet.chunk_size of the config")
     p.add_argument("--workdir", help="folder for the temporary files (default: a new temp folder)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "wavelet.json"))
     args = p.parse_args(argv)
 
+    if args.chunk_size is None:
+        from microcal_hpc.config import WaveletConfig
+
+        args.chunk_size = WaveletConfig().chunk_size
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     throughput = per_core_throughput(args.throughput_images, args.loop_images, repeats=2)
@@ -198,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     eff2 = by.get((big, 2), {}).get("efficiency_job")
     rss = {f"{n}_images": {str(r): by[(n, r)]["peak_rss_mb_per_rank"] for r in sorted({x["ranks"] for x in rows})}
            for n in sizes}
-    best_core = max(throughput[d][k] for d in ("float64", "float32") for k in throughput[d] if k.startswith("batched")
-                    and k.endswith("decompose"))
+    best_core = {d: max(throughput[d][k]["cpu"] for k in throughput[d] if k.startswith("batched")
+                        and k.endswith("decompose")) for d in ("float64", "float32")}
+    best_features = {d: max(throughput[d][k]["cpu"] for k in throughput[d] if k.endswith("coeffs_and_stats"))
+                     for d in ("float64", "float32")}
     result = {
         "benchmark": "wavelet features (db5, level 4, 60x60)",
         "started": started,
@@ -214,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         "scaling": rows,
         "peak_rss_mb_per_rank": rss,
         "targets": {
-            "images_per_second_per_core >= 20000 (decomposition, best batched)": {"value": best_core,
-                                                                                   "met": best_core >= 20000},
-            f"2-rank efficiency >= 0.85 at {big} images (job time)": {"value": eff2,
-                                                                        "met": eff2 is not None and eff2 >= 0.85},
+            "images_per_second_per_core >= 20000 (decomposition, best batched, per CPU-second)": {
+                "value": best_core, "met": max(best_core.values()) >= 20000,
+                "features_coeffs_and_stats": best_features},
+            f"2-rank efficiency >= 0.85 at {big} images (job time)": {
+                "value": eff2, "met": eff2 is not None and eff2 >= 0.85,
+                "efficiency_wall": by.get((big, 2), {}).get("efficiency_wall"),
+                "efficiency_cpu": by.get((big, 2), {}).get("efficiency_cpu")},
             "peak memory per rank independent of the number of images": {
                 "value": rss, "met": _flat_memory(rows)},
         },

@@ -123,7 +123,9 @@ class WaveletConfig:
     keep_levels: list[int] = field(default_factory=lambda: [2, 3, 4])  # detail levels kept (1 = finest)
     mode: str = "symmetric"  # PyWavelets signal extension mode
     features: str = "both"  # coeffs | stats | both (classify.feature_sets reads from these)
-    chunk_size: int = 2048  # images per read/transform batch on each rank
+    # images per read/transform batch on each rank; 256-512 run fastest (the arrays of larger batches
+    # exceed malloc's reuse threshold: fresh pages every batch, 1.6x the CPU time at 2048; bench_wavelet.py)
+    chunk_size: int = 256
     dtype: str = "float64"  # float64 (PyWavelets' default for 8-bit images) | float32 (faster, half the size)
 
     def validate(self) -> None:
