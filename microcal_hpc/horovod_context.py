@@ -238,9 +238,15 @@ class HorovodContext(Context):
         except (Exception, KeyboardInterrupt) as e:
             if self.size == 1:
                 raise
-            code = e.exit_code if isinstance(e, MicrocalError) else (130 if isinstance(e, KeyboardInterrupt) else 1)
-            (logger or log).error("rank %d/%d failed; aborting all ranks (exit %d):\n%s", self.rank, self.size,
-                                  code, "".join(traceback.format_exception(e)).rstrip())
+            logger = logger or log
+            if isinstance(e, MicrocalError):  # bad input or config: one line, as the CLI prints it
+                code = e.exit_code
+                logger.error("rank %d/%d failed; aborting all ranks (exit %d): %s", self.rank, self.size, code, e)
+                print(f"microcal-hpc: error: {e}", file=sys.stderr)
+            else:
+                code = 130 if isinstance(e, KeyboardInterrupt) else 1
+                logger.error("rank %d/%d failed; aborting all ranks (exit %d):\n%s", self.rank, self.size, code,
+                             "".join(traceback.format_exception(e)).rstrip())
             self._abort(code)
 
     def _abort(self, code: int) -> None:
