@@ -14,8 +14,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-slurm", action="store_true", help="do not ask sacct/squeue; records only")
 
 
-def _plan_order(run_dir: Path) -> list[str]:
-    """Keys of the campaign's plan (from RUN/config.yaml), to list jobs not submitted yet."""
+def _plan(run_dir: Path) -> list:
+    """The campaign's job specs (from RUN/config.yaml), to list jobs not submitted yet."""
     from microcal_hpc.config import load_config
     from microcal_hpc.errors import MicrocalError
     from microcal_hpc.launcher.plan import build_plan
@@ -24,7 +24,7 @@ def _plan_order(run_dir: Path) -> list[str]:
     if not cfg_file.is_file():
         return []
     try:
-        return build_plan(load_config(cfg_file), run_dir).keys()
+        return build_plan(load_config(cfg_file), run_dir).specs
     except MicrocalError:
         return []
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir).expanduser().resolve()
     if not (run_dir / "jobs").is_dir():
         raise InputError(f"{run_dir}: not a campaign run directory (no jobs/ folder; run `microcal-hpc submit`)")
-    rows = status.collect(run_dir, use_slurm=False if args.no_slurm else None, order=_plan_order(run_dir))
+    rows = status.collect(run_dir, use_slurm=False if args.no_slurm else None, plan=_plan(run_dir))
     if args.json:
         print(json.dumps([dict(asdict(r), elapsed=r.elapsed) for r in rows], indent=2))
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,25 @@ def test_status_reconcile_writes_slurm_states_into_records(tmp_path, capsys):
     assert changed == {"cnn-official": "CANCELLED", "pack": "OUT_OF_MEMORY"}
     rec = records.read_record(run, "cnn-official")
     assert rec["state"] == "CANCELLED" and rec["state_source"] == "sacct" and rec["ended"]
+
+
+class RefusingCluster(Cluster):
+    """sbatch refuses any job asking for partition `nosuch` (like a real cluster would)."""
+
+    def sbatch(self, args):
+        if "--partition=nosuch" in Path(args[0]).read_text():
+            raise subprocess.CalledProcessError(1, ["sbatch", *args], "sbatch: error: invalid partition specified")
+        return super().sbatch(args)
+
+
+def test_a_refused_submission_cancels_what_was_submitted(tmp_path, capsys):
+    run = tmp_path / "run"
+    cluster = RefusingCluster()
+    assert _submit(cluster, run, tmp_path, "--set", "campaign.resources.train.partition=nosuch") == 2
+    err = capsys.readouterr().err
+    assert "sbatch refused cnn-official" in err and "the 1 job(s) submitted before it were cancelled" in err
+    recs = records.read_records(run)
+    pack_id = recs["pack"]["job_id"]
+    assert ["scancel", pack_id] in cluster.calls
+    assert recs["pack"]["state"] == "CANCELLED" and recs["cnn-official"]["state"] == "FAILED"
+    assert set(recs) == {"pack", "cnn-official"}  # nothing after the refused job was submitted

@@ -217,7 +217,7 @@ def test_status_table_lists_plan_jobs_not_submitted(tmp_path):
                           ended="2024-01-01T10:01:05+00:00", elapsed_s=65.0, log_err=f"{run}/logs/1/1_0_log.err")
     records.new_submission(run, plan.get("cnn-official"), "local")
     records.update_record(run, "cnn-official", state="FAILED", error="ValueError: bad")
-    rows = status.collect(run, order=plan.keys())
+    rows = status.collect(run, plan=plan)
     assert [(r.key, r.state) for r in rows] == [("pack", "COMPLETED"), ("cnn-official", "FAILED"),
                                                 ("baseline-greylevel-rf", "NOT_SUBMITTED"),
                                                 ("aggregate", "NOT_SUBMITTED")]

@@ -141,7 +141,9 @@ def test_submitit_campaign_completes_on_slurm(slurm_cluster, real_root, tmp_path
     assert recs["cnn-fold-0"]["job_id"].endswith("_0") and recs["cnn-fold-1"]["job_id"].endswith("_1")
     assert recs["wavelet-features"]["ranks"] == 2  # srun started 2 MPI ranks (pmix)
     assert recs["pack"]["cuda_visible_devices"] in (None, "")
-    assert sacct_states([recs["aggregate"]["job_id"]]) == {recs["aggregate"]["job_id"]: "COMPLETED"}
+    agg = recs["aggregate"]["job_id"]  # the job wrote COMPLETED; SLURM says so once its process has exited
+    wait_for(lambda: sacct_states([agg]).get(agg) in TERMINAL, 60, "sacct to see the report job end", squeue_text)
+    assert sacct_states([agg]) == {agg: "COMPLETED"}
     assert json.loads((run / "manifest.json").read_text())["ended"]
     print(f"\nSLURM (submitit): tiny campaign submit -> end {elapsed:.1f} s")
 

@@ -18,7 +18,7 @@ from microcal_hpc.launcher.plan import JobSpec, Plan, build_plan, packed_path, r
 
 def _resources_text(cfg: Config, spec: JobSpec) -> str:
     r = cfg.resources(spec.job_type)
-    parts = [f"{r.nodes}x{r.tasks_per_node} task", f"{r.cpus_per_task} cpu", executors._mem(r.mem_gb),
+    parts = [f"{r.nodes}x{r.tasks_per_node} task", f"{r.cpus_per_task} cpu", executors.mem_string(r.mem_gb),
              f"{r.time_min} min"]
     if r.gpus_per_node:
         parts.append(f"gpu:{r.gpus_per_node}")
@@ -42,7 +42,7 @@ def format_plan(cfg: Config, plan: Plan, todo: list[JobSpec], complete: set[str]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows)
 
 
-def _placeholder_ids(plan: Plan, todo: list[JobSpec], active: dict[str, str]) -> dict[str, str]:
+def _placeholder_ids(todo: list[JobSpec], active: dict[str, str]) -> dict[str, str]:
     ids = dict(active)
     for s in todo:
         ids[s.key] = f"<{s.array or s.key}>"
@@ -88,13 +88,17 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
     if dry_run:
         say(format_plan(cfg, plan, todo, complete, active))
         if executor == "slurm":
-            ids = _placeholder_ids(plan, todo, active)
+            ids = _placeholder_ids(todo, active)
             for unit in plan.groups(todo):
                 dep = executors.dependency_string(unit, ids)
                 label = unit[0].array if len(unit) > 1 else unit[0].key
                 say(f"\n# ---- sbatch for {label}" + (f" (array of {len(unit)})" if len(unit) > 1 else ""))
                 say(executors.render_sbatch(cfg, unit, run, dep))
         say("\ndry run: nothing submitted")
+        return 0
+    if not todo and active:
+        say(f"nothing to submit: {len(active)} job(s) still pending or running; "
+            f"follow them with: microcal-hpc status --run-dir {run}")
         return 0
     if not todo:
         say("nothing to do: every job is complete")
@@ -107,9 +111,9 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
     if stale_report:
         try:
             subprocess.check_call(["scancel", stale_report])
+            say(f"cancelled the queued report job {stale_report}: a new one waits for the jobs submitted now")
         except (OSError, subprocess.CalledProcessError) as e:
             say(f"warning: could not cancel the queued report job {stale_report}: {e}")
-        say(f"cancelled the queued report job {stale_report}: a new one waits for the jobs submitted now")
     if executor == "slurm":
         executors.submit_slurm(cfg, plan, todo, active, out=out)
         say(f"{len(todo)} jobs submitted; follow them with: microcal-hpc status --run-dir {run}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
 from microcal_hpc.config import Config
+from microcal_hpc.errors import MicrocalError
 from microcal_hpc.launcher import records
 from microcal_hpc.launcher.plan import JobSpec, Plan
 
@@ -46,7 +47,8 @@ def signal_delay_s(time_min: int) -> int:
     return int(max(10, min(SIGNAL_DELAY_MAX_S, time_min * 60 // 10)))
 
 
-def _mem(mem_gb: float) -> str:
+def mem_string(mem_gb: float) -> str:
+    """sbatch --mem value: 8 -> 8GB, 1.5 -> 1536MB."""
     return f"{int(mem_gb)}GB" if float(mem_gb) == int(mem_gb) else f"{int(round(mem_gb * 1024))}MB"
 
 
@@ -61,7 +63,7 @@ def slurm_parameters(cfg: Config, unit: list[JobSpec], dependency: Optional[str]
         "nodes": int(res.nodes),
         "ntasks_per_node": int(res.tasks_per_node),
         "cpus_per_task": int(res.cpus_per_task),
-        "mem": _mem(res.mem_gb),
+        "mem": mem_string(res.mem_gb),
         "signal_delay_s": signal_delay_s(res.time_min),
         "array_parallelism": int(res.array_parallelism),
         "stderr_to_stdout": False,
@@ -112,6 +114,10 @@ def render_sbatch(cfg: Config, unit: list[JobSpec], run_dir: str | os.PathLike, 
     return _make_sbatch_string(command=command, folder=folder, **params)
 
 
+class SubmissionError(MicrocalError):
+    """sbatch is missing or refused a job (bad partition, account, resources ...)."""
+
+
 class _Out:
     """Print helper: progress lines to stdout, flushed."""
 
@@ -133,10 +139,16 @@ def submit_slurm(cfg: Config, plan: Plan, todo: list[JobSpec], active_ids: dict[
     ``active_ids``: job ids of jobs still pending/running from an earlier submission (dependencies
     on them are kept). Returns at once: nothing here waits for a job.
     """
+    import shutil
+
     import submitit
 
+    if not shutil.which("sbatch") or not shutil.which("srun"):
+        raise SubmissionError("executor slurm: sbatch/srun not found on PATH (not on a SLURM login node?); "
+                              "use --executor local to run here")
     say = _Out(out)
     job_ids: dict[str, str] = dict(active_ids)
+    submitted: dict[str, str] = {}
     folder = log_folder(plan.run_dir)
     for unit in plan.groups(todo):
         dep = dependency_string(unit, job_ids)
@@ -148,9 +160,13 @@ def submit_slurm(cfg: Config, plan: Plan, todo: list[JobSpec], active_ids: dict[
         try:
             jobs = ex.submit_array(fns) if len(unit) > 1 else [ex.submit(fns[0])]
         except Exception as e:
+            reason = " ".join(str(e).split())[:400]
             for spec in unit:
-                records.update_record(plan.run_dir, spec.key, state="FAILED", error=f"submission failed: {e}"[:500])
-            raise
+                records.update_record(plan.run_dir, spec.key, state="FAILED", error=f"submission failed: {reason}")
+            _cancel_submitted(plan.run_dir, submitted, f"{unit[0].array or unit[0].key} could not be submitted")
+            raise SubmissionError(f"sbatch refused {unit[0].array or unit[0].key}: {reason} (the "
+                                  f"{len(submitted)} job(s) submitted before it were cancelled)") from None
+        submitted.update({s.key: j.job_id for s, j in zip(unit, jobs)})
         for i, (spec, job) in enumerate(zip(unit, jobs)):
             job_ids[spec.key] = job.job_id
             records.update_record(plan.run_dir, spec.key, launcher=True, job_id=job.job_id, state="PENDING",
@@ -160,6 +176,20 @@ def submit_slurm(cfg: Config, plan: Plan, todo: list[JobSpec], active_ids: dict[
         names = ", ".join(s.name for s in unit)
         say(f"submitted {unit[0].stage}: {names} -> {ids}" + (f" ({dep})" if dep else ""))
     return job_ids
+
+
+def _cancel_submitted(run_dir: str, submitted: dict[str, str], why: str) -> None:
+    """All or nothing: scancel the jobs of a campaign submission that could not be completed."""
+    import subprocess
+
+    bases = sorted({jid.split("_")[0] for jid in submitted.values()})
+    if bases:
+        try:
+            subprocess.check_call(["scancel", *bases])
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    for key in submitted:
+        records.update_record(run_dir, key, state="CANCELLED", ended=records.now(), error=f"cancelled: {why}")
 
 
 # ----------------------------------------------------------------------------------------------

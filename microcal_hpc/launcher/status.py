@@ -172,12 +172,15 @@ def effective_state(rec: dict[str, Any], live: Optional[dict[str, Any]]) -> tupl
 
 
 def collect(run_dir: str | os.PathLike, use_slurm: Optional[bool] = None,
-            order: Optional[list[str]] = None) -> list[JobStatus]:
+            plan: Optional[Iterable[Any]] = None) -> list[JobStatus]:
     """Status rows of every job of ``run_dir`` (records + SLURM), in campaign order.
 
     ``use_slurm``: query sacct/squeue for slurm records (default: when any record is a slurm job).
-    ``order``: keys in plan order; keys without a record are listed as NOT_SUBMITTED.
+    ``plan``: the campaign's job specs (key, stage, name) in order; those without a record are listed
+    as NOT_SUBMITTED.
     """
+    specs = list(plan or [])
+    order = [s.key for s in specs]
     recs = records.read_records(run_dir)
     slurm_ids = [r.get("job_id") for r in recs.values() if r.get("executor") == "slurm" and r.get("job_id")]
     if use_slurm is None:
@@ -208,13 +211,11 @@ def collect(run_dir: str | os.PathLike, use_slurm: Optional[bool] = None,
                               job_id=rec.get("job_id"), elapsed_s=elapsed, log=log, executor=rec.get("executor"),
                               error=rec.get("error"), source=source))
     known = {r.key for r in rows}
-    for key in order or []:
-        if key not in known:
-            stage, _, name = key.partition("-")
-            rows.append(JobStatus(key=key, stage=stage if stage in STAGES else "?", name=name or key,
-                                  state="NOT_SUBMITTED", job_id=None, elapsed_s=None, log=None, executor=None,
-                                  source="plan"))
-    rank = {k: i for i, k in enumerate(order or [])}
+    for spec in specs:
+        if spec.key not in known:
+            rows.append(JobStatus(key=spec.key, stage=spec.stage, name=spec.name, state="NOT_SUBMITTED", job_id=None,
+                                  elapsed_s=None, log=None, executor=None, source="plan"))
+    rank = {k: i for i, k in enumerate(order)}
 
     def sort_key(r: JobStatus):
         stage = STAGES.index(r.stage) if r.stage in STAGES else len(STAGES)

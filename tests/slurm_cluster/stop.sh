@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stop the cluster that start.sh started from DIR: SIGTERM to every recorded PID (slurmd and
-# slurmctld first, MariaDB and munged last), wait, then SIGKILL what is left. Safe to call twice.
+# Stop the cluster that start.sh started from DIR: cancel its jobs, then SIGTERM to every recorded
+# PID (slurmd and slurmctld first, MariaDB and munged last), wait, SIGKILL what is left. Safe to call twice.
 #
 #   bash tests/slurm_cluster/stop.sh DIR
 set -uo pipefail
@@ -16,6 +16,16 @@ alive() {  # running and not a zombie (a dead daemon whose new parent has not re
   state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
   [ -n "$state" ] && [ "$state" != Z ]
 }
+
+# first the jobs: slurmstepd and its processes outlive slurmd, so cancel them while slurmctld listens
+CONF="$DIR/etc/slurm.conf"
+if [ -f "$CONF" ] && command -v scancel >/dev/null; then
+  SLURM_CONF="$CONF" timeout 20 scancel --user="$(id -un)" 2>/dev/null
+  end=$((SECONDS + WAIT))
+  while [ "$SECONDS" -lt "$end" ] && [ -n "$(SLURM_CONF="$CONF" timeout 10 squeue -h 2>/dev/null)" ]; do
+    sleep 0.5
+  done
+fi
 
 # reverse start order: jobs' daemons before the database and the authentication they need
 mapfile -t entries < <(tac "$PIDS_FILE")
