@@ -70,7 +70,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0: off; monitors validation loss
     lr_schedule: str = "constant"  # constant | cosine | plateau
     jit_compile: bool = False  # XLA
-    mixed_precision: str = "none"  # none | bfloat16
+    # none | bfloat16 | auto (bfloat16 where the hardware has native bf16: Ampere+ GPUs, CPUs with
+    # AVX512_BF16/AMX; float32 elsewhere). bench/bench_train.py: 1.55x the float32 speed, same AUC.
+    mixed_precision: str = "auto"
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism
     # Tests and preemption drills only: stop cleanly after this many epochs, as if the job were killed
     # right after that epoch's checkpoint (no outputs; run again to resume). None: off.
@@ -89,7 +91,7 @@ class TrainConfig:
             raise ConfigError(f"train.fold must be in [0, {self.folds - 1}], got {self.fold}")
         _choice("train.group_by", self.group_by, ("group", "case", "none"))
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine", "plateau"))
-        _choice("train.mixed_precision", self.mixed_precision, ("none", "bfloat16"))
+        _choice("train.mixed_precision", self.mixed_precision, ("none", "bfloat16", "auto"))
         if self.early_stopping_patience < 0:
             raise ConfigError("train.early_stopping_patience must be >= 0")
         if self.jit_compile and self.deterministic:

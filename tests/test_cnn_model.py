@@ -71,6 +71,16 @@ def test_bfloat16_policy_is_per_model_and_keeps_a_float32_output():
     assert mixed.layers[-1].compute_dtype == "float32"
     out = mixed(np.zeros((2, 60, 60, 1), np.float32), training=False)
     assert out.dtype == tf.float32
-    plain = build_model((60, 60, 1), TrainConfig())  # built after: unaffected
+    plain = build_model((60, 60, 1), TrainConfig(mixed_precision="none"))  # built after: unaffected
     assert plain.layers[0].compute_dtype == "float32"
     assert tf.keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.parametrize("native,expected", [(True, "bfloat16"), (False, "float32")])
+def test_auto_precision_follows_the_hardware(monkeypatch, native, expected):
+    from microcal_hpc.cnn import model as model_mod
+
+    monkeypatch.setattr(model_mod, "hardware_supports_bfloat16", lambda: native)
+    m = model_mod.build_model((60, 60, 1), TrainConfig(mixed_precision="auto"))
+    assert m.layers[0].compute_dtype == expected
+    assert model_mod.build_model((60, 60, 1), TrainConfig(mixed_precision="none")).layers[0].compute_dtype == "float32"

@@ -101,6 +101,7 @@ def test_two_epochs_on_real_data_write_every_output_with_matching_ids(packed_rea
     assert m["test"]["auc"] == pytest.approx(binary_metrics(te.labels, test_prob)["auc"])
     h = json.loads((job / "history.json").read_text())
     assert h["epoch"] == [1, 2] and len(h["val_auc"]) == 2 and all(s > 0 for s in h["epoch_seconds"])
+    assert m["validation"]["loss"] == pytest.approx(h["val_loss"][-1], rel=1e-5)  # the final model's
     assert load_config(job / "config.yaml").train.fold == 1
     log = (job / "train.log").read_text()
     assert "epoch 1/2" in log and "epoch 2/2" in log
@@ -215,3 +216,36 @@ def test_unknown_augmentation_fails_before_anything_is_written(tmp_path):
                    "--augment", "mixup"])
     assert rc == 2
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_48x48_data_set_trains_through_the_job_and_predict_checks_the_size(make_tree, tmp_path, capsys):
+    from data_prep.pack import pack_tree
+    from microcal_hpc import cli
+    from microcal_hpc.config import DataConfig
+
+    root = make_tree(counts={"Train": (16, 16), "Test": (4, 4)}, shape=(48, 48))
+    packed = tmp_path / "p48.h5"
+    pack_tree(root, packed, DataConfig())
+    job = _train(_cfg("train.epochs=1", "train.augment=flips"), packed, tmp_path / "run", "official")
+    with np.load(job / "predictions.npz") as p:
+        assert len(p["test_prob"]) == 8 and np.isfinite(p["test_prob"]).all()
+    other = make_tree("t60", counts={"Test": (1, 0)})
+    rc = cli.main(["predict", "--model", str(job), "--images", str(other), "--out", str(tmp_path / "o.csv")])
+    assert rc == 2 and "the model expects 48x48" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_early_stopping_ends_training_and_keeps_the_best_weights(packed_synthetic, tmp_path):
+    # a learning rate far too high: the validation loss stops improving at once
+    cfg = _cfg("train.epochs=8", "train.early_stopping_patience=1", "train.learning_rate=0.5")
+    job = _train(cfg, packed_synthetic, tmp_path, "es")
+    m = json.loads((job / "metrics.json").read_text())
+    h = json.loads((job / "history.json").read_text())
+    assert m["stopped_early"] is True and len(h["epoch"]) < 8 and m["epochs_run"] == len(h["epoch"])
+    best = int(np.argmin(h["val_loss"]))
+    assert len(h["epoch"]) == best + 2  # patience 1: one epoch without improvement
+    # the saved model is the best epoch's: its validation loss is the best one, not the last one
+    assert m["validation"]["loss"] == pytest.approx(h["val_loss"][best], rel=1e-4)

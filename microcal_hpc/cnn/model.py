@@ -12,9 +12,33 @@ from __future__ import annotations
 from microcal_hpc.config import TrainConfig
 
 
+def hardware_supports_bfloat16() -> bool:
+    """True when bfloat16 math is native here: every visible GPU is Ampere or newer (compute capability
+    >= 8.0), or, without GPUs, the CPU reports AVX512_BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        caps = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) for g in gpus]
+        return all(tuple(c) >= (8, 0) for c in caps)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def resolve_mixed_precision(train: TrainConfig) -> str:
+    """``none`` or ``bfloat16``: ``train.mixed_precision`` with ``auto`` decided by the hardware."""
+    if train.mixed_precision == "auto":
+        return "bfloat16" if hardware_supports_bfloat16() else "none"
+    return train.mixed_precision
+
+
 def _policy(train: TrainConfig) -> str:
     """Keras dtype policy name of the hidden layers (the output layer always computes in float32)."""
-    return "mixed_bfloat16" if train.mixed_precision == "bfloat16" else "float32"
+    return "mixed_bfloat16" if resolve_mixed_precision(train) == "bfloat16" else "float32"
 
 
 def build_model(input_shape: tuple[int, int, int], train: TrainConfig):

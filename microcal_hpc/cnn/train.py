@@ -148,13 +148,6 @@ def _set_determinism(train: TrainConfig) -> None:
             tf_config.disable_op_determinism()
 
 
-def _binary_cross_entropy(y: np.ndarray, p: np.ndarray) -> float:
-    eps = 1e-7  # Keras' epsilon
-    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
-    y = np.asarray(y, np.float64)
-    return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
-
-
 def _make_epoch_callback(ctx, job_dir: Path, model, optimizer, state: checkpoint.TrainingState, train: TrainConfig,
                          base_lr: float, warmup_epochs: int, images_per_epoch: int):
     """The callback that schedules the learning rate, logs, checkpoints and stops (early or by the test hook)."""
@@ -230,10 +223,13 @@ def _make_epoch_callback(ctx, job_dir: Path, model, optimizer, state: checkpoint
     return EpochEnd()
 
 
-def _predict(model, images: np.ndarray) -> np.ndarray:
+def _predict(model, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """P(cluster) of every image and the loss as Keras computes it (so it matches history's val_loss)."""
     from microcal_hpc.cnn.pipeline import evaluation_dataset
 
-    return model.predict(evaluation_dataset(images), verbose=0).reshape(-1).astype(np.float64)
+    prob = model.predict(evaluation_dataset(images), verbose=0).reshape(-1).astype(np.float64)
+    loss = model.evaluate(evaluation_dataset(images, labels), verbose=0, return_dict=True)["loss"]
+    return prob, float(loss)
 
 
 def save_model_atomically(model, final: Path) -> None:
@@ -250,14 +246,14 @@ def save_model_atomically(model, final: Path) -> None:
 def _write_outputs(cfg: Config, job_dir: Path, name: str, model, d: _Data, state: checkpoint.TrainingState,
                    ctx, started: float) -> None:
     """history.json, predictions.npz, model.keras, then metrics.json (last: marks the job complete)."""
-    from microcal_hpc.cnn.model import build_model
+    from microcal_hpc.cnn.model import build_model, resolve_mixed_precision
     from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci
 
     train = cfg.train
     if train.early_stopping_patience and checkpoint.load_best(job_dir, model):
         log.info("restored the weights of the lowest validation loss (%.4f)", state.best_val_loss)
-    val_prob = _predict(model, d.val_x)
-    test_prob = _predict(model, d.test_x)
+    val_prob, val_loss = _predict(model, d.val_x, d.val_y)
+    test_prob, test_loss = _predict(model, d.test_x, d.test_y)
 
     write_json(job_dir / "history.json", state.history)
     with atomic_path(job_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
@@ -270,7 +266,7 @@ def _write_outputs(cfg: Config, job_dir: Path, name: str, model, d: _Data, state
     export.set_weights(model.get_weights())
     save_model_atomically(export, job_dir / "model.keras")
 
-    test = binary_metrics(d.test_y, test_prob, loss=_binary_cross_entropy(d.test_y, test_prob))
+    test = binary_metrics(d.test_y, test_prob, loss=test_loss)
     lo, hi = bootstrap_auc_ci(d.test_y, test_prob, groups=d.test_bootstrap_groups, n_boot=cfg.report.bootstrap,
                               seed=cfg.report.seed)
     test.update(auc_ci=[lo, hi], auc_ci_method=f"group bootstrap, {cfg.report.bootstrap} resamples")
@@ -286,7 +282,8 @@ def _write_outputs(cfg: Config, job_dir: Path, name: str, model, d: _Data, state
         "folds": train.folds,
         "group_by": train.group_by,
         "seed": train.seed,
-        "validation": binary_metrics(d.val_y, val_prob, loss=_binary_cross_entropy(d.val_y, val_prob)),
+        "mixed_precision": resolve_mixed_precision(train),
+        "validation": binary_metrics(d.val_y, val_prob, loss=val_loss),
         "cv": None,
         "train": {"loss": h["loss"][-1], "accuracy": h["accuracy"][-1]} if h.get("loss") else None,
         "test": test,
@@ -330,7 +327,7 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, sta
 
     import tensorflow as tf
 
-    from microcal_hpc.cnn.model import build_model, compile_model
+    from microcal_hpc.cnn.model import build_model, compile_model, resolve_mixed_precision
     from microcal_hpc.cnn.pipeline import epoch_order, evaluation_dataset, steps_per_epoch, training_dataset
 
     if train.jit_compile and ctx.size > 1:
@@ -360,8 +357,9 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, sta
     if state.epoch:
         ctx.broadcast_variables(model, optimizer)  # every rank continues from rank 0's variables
 
-    log.info("%s: %d training, %d validation, %d official Test images; augment=%s, %d ranks (%s)%s",
-             name, len(d.train_y), len(d.val_y), len(d.test_y), train.augment, ctx.size, ctx.name,
+    log.info("%s: %d training, %d validation, %d official Test images; augment=%s, precision=%s, %d ranks (%s)%s",
+             name, len(d.train_y), len(d.val_y), len(d.test_y), train.augment, resolve_mixed_precision(train),
+             ctx.size, ctx.name,
              f"; resuming after epoch {state.epoch}" if state.epoch else "")
 
     if state.epoch < train.epochs and not state.stopped_early:
