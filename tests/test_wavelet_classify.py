@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from microcal_hpc.config import Config
 from microcal_hpc.dataset import load_split
 from microcal_hpc.errors import ConfigError, InputError
-from microcal_hpc.splits import split_groups, train_validation_indices
+from microcal_hpc.splits import train_validation_indices
 from microcal_hpc.wavelet.classifiers import CLASSIFIERS, make_classifier, scores
 
 

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,60 +368,56 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
     _close_on_error(packed, err)
     agree.check(err[0] if err else None)
 
-    # 5. rounds: compute, agree, gather, rank 0 writes
-    done, next_report, t_compute = 0, progress_every, 0.0
+    # 5. rounds. Every rank: compute its piece (images read ahead), agree, Gatherv to rank 0. Rank 0 hands
+    #    the gathered rows to a writer thread and goes on computing: the HDF5 write of round k overlaps the
+    #    computing of round k+1 (h5py releases the GIL while writing; PyWavelets while filtering). The
+    #    next piece is read before the write starts because h5py serialises its calls. A write error of
+    #    round k is agreed on in round k+1 (or at the end).
+    done, next_report = 0, progress_every
+    timers = dict.fromkeys(("read", "compute", "wait", "gather", "write", "write_wait"), 0.0)
+    writer = _BackgroundWriter(timers) if rank == 0 else None
     try:
+        images = _read_piece(packed, data, plans[rank][0], timers, err) if plans[rank] else None
         for k in range(rounds):
             piece = plans[rank][k] if k < len(plans[rank]) else None
-            n = 0
+            n = len(piece) if piece is not None else 0
             with _capture(err):
-                if piece is not None:
-                    tc = time.perf_counter()
-                    try:
-                        images = packed[piece.split]["images"][piece.start:piece.stop]
-                    except (OSError, ValueError) as e:
-                        raise InputError(f"{data}: cannot read /{piece.split}/images[{piece.start}:{piece.stop}] "
-                                         f"({e})") from None
-                    n = len(images)
-                    coeffs = wavedec2_batch(images, wcfg.wavelet, info.effective, wcfg.mode, wcfg.dtype)
-                    col = 0
-                    if "coeffs" in widths:
-                        coeff_features(coeffs, keep, out=sendbuf[:n, :widths["coeffs"]])
-                        col = widths["coeffs"]
-                    if "stats" in widths:
-                        sendbuf[:n, col:col + widths["stats"]] = stats_features(coeffs)
-                    del coeffs, images
-                    t_compute += time.perf_counter() - tc
+                if piece is not None and not err:
+                    t = time.perf_counter()
+                    _features_into(images, wcfg, info.effective, keep, widths, sendbuf)
+                    timers["compute"] += time.perf_counter() - t
+            if writer is not None:
+                writer.wait(err)  # rank 0's previous write: done, and its error (if any) joins this agreement
+            t = time.perf_counter()
             agree.check(err[0] if err else None)
+            timers["wait"] += time.perf_counter() - t
             sizes = [len(p[k]) if k < len(p) else 0 for p in plans]
-            counts_el = np.asarray(sizes, dtype=np.int64) * row
-            displs_el = np.asarray([r * chunk for r in range(size)], dtype=np.int64) * row
+            t = time.perf_counter()
             if size > 1:
+                counts_el = np.asarray(sizes, dtype=np.int64) * row
+                displs_el = np.arange(size, dtype=np.int64) * chunk * row
                 comm.Gatherv(sendbuf[:n], [recvbuf, counts_el, displs_el, _mpi_type(dtype)] if rank == 0 else None,
                              root=0)
-            elif rank == 0:
+            else:
                 recvbuf[:n] = sendbuf[:n]
-            with _capture(err):
-                if rank == 0:
-                    for r, p in enumerate(plans):
-                        if k < len(p):
-                            pc = p[k]
-                            block = recvbuf[r * chunk:r * chunk + len(pc)]
-                            col = 0
-                            for name, width in widths.items():
-                                dsets[(pc.split, name)][pc.start:pc.stop] = block[:, col:col + width]
-                                col += width
-                    done += sum(sizes)
-                    elapsed = time.perf_counter() - t0
-                    if elapsed >= next_report or k == rounds - 1:
-                        log.info("round %d/%d: %d/%d images (%.0f%%), %.1f s, %.0f images/s", k + 1, rounds, done,
-                                 total, 100.0 * done / max(total, 1), elapsed, done / max(elapsed, 1e-9))
-                        next_report = elapsed + progress_every
-            agree.check(err[0] if err else None)
+            timers["gather"] += time.perf_counter() - t
+            if k + 1 < len(plans[rank]):
+                images = _read_piece(packed, data, plans[rank][k + 1], timers, err)
+            if writer is not None and not err:
+                pieces = [p[k] if k < len(p) else None for p in plans]
+                writer.submit(_write_round, dsets, widths, recvbuf, chunk, pieces)
+                done += sum(sizes)
+                elapsed = time.perf_counter() - t0
+                if elapsed >= next_report or k == rounds - 1:
+                    log.info("round %d/%d: %d/%d images (%.0f%%), %.1f s, %.0f images/s", k + 1, rounds, done,
+                             total, 100.0 * done / max(total, 1), elapsed, done / max(elapsed, 1e-9))
+                    next_report = elapsed + progress_every
+        if writer is not None:
+            writer.wait(err)
 
         # 6. rank 0 finishes the file: attributes, 'complete' flag, rename
         with _capture(err):
-            if rank == 0:
+            if rank == 0 and not err:
                 for key, value in expected.items():
                     fout.attrs[key] = value
                 fout.attrs["input_file"] = str(data.resolve())
@@ -431,29 +426,108 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
                 fout.attrs["complete"] = True
         agree.check(err[0] if err else None)
     except BaseException as e:
+        if writer is not None:
+            writer.close()  # let a running write finish before the file is closed and removed
         stack.__exit__(type(e), e, e.__traceback__)
         packed.close()
         raise
+    if writer is not None:
+        writer.close()
     with _capture(err):
         stack.close()  # closes the HDF5 file and renames it into place (rank 0)
     packed.close()
     agree.check(err[0] if err else None)
 
     seconds = time.perf_counter() - t0
-    rss = comm.gather(_peak_rss_mb(), root=0)
-    compute = comm.gather(t_compute, root=0)
-    cpu = comm.gather(_cpu_seconds(), root=0)
+    per_rank = comm.gather({"rss": _peak_rss_mb(), "cpu": _cpu_seconds(), **timers}, root=0)
     summary = {"status": "written", "path": str(out), "ranks": size, "images": total,
                "seconds": round(seconds, 3), "images_per_second": round(total / seconds, 1) if seconds else None,
                "feature_widths": widths, "effective_level": info.effective, "chunk_size": chunk}
     if rank == 0:
-        summary["compute_seconds_per_rank"] = [round(c, 3) for c in compute]
-        summary["peak_rss_mb_per_rank"] = [round(r, 1) for r in rss]
-        summary["cpu_seconds_per_rank"] = [round(c, 3) for c in cpu]  # whole process, imports included
-        log.info("wrote %s: %d images in %.2f s (%.0f images/s) on %d rank(s); compute per rank %s s; "
-                 "peak memory per rank %s MB", out, total, seconds, total / max(seconds, 1e-9), size,
-                 summary["compute_seconds_per_rank"], summary["peak_rss_mb_per_rank"])
+        for key in timers:
+            summary[f"{key}_seconds_per_rank"] = [round(r[key], 3) for r in per_rank]
+        summary["peak_rss_mb_per_rank"] = [round(r["rss"], 1) for r in per_rank]
+        summary["cpu_seconds_per_rank"] = [round(r["cpu"], 3) for r in per_rank]  # whole process, imports included
+        log.info("wrote %s: %d images in %.2f s (%.0f images/s) on %d rank(s); per rank: compute %s s, waiting %s s, "
+                 "CPU %s s, peak memory %s MB; rank 0 writing %.2f s in the background, waited %.2f s for it",
+                 out, total, seconds, total / max(seconds, 1e-9), size, summary["compute_seconds_per_rank"],
+                 summary["wait_seconds_per_rank"], summary["cpu_seconds_per_rank"], summary["peak_rss_mb_per_rank"],
+                 timers["write"], timers["write_wait"])
     return summary
+
+
+def _read_piece(packed, data: Path, piece: Piece, timers: dict, err: list) -> np.ndarray | None:
+    """The images of one piece (uint8), or None with the error appended to ``err``."""
+    t = time.perf_counter()
+    with _capture(err):
+        try:
+            return packed[piece.split]["images"][piece.start:piece.stop]
+        except (OSError, ValueError) as e:
+            raise InputError(f"{data}: cannot read /{piece.split}/images[{piece.start}:{piece.stop}] ({e})") from None
+        finally:
+            timers["read"] += time.perf_counter() - t
+    return None
+
+
+def _features_into(images: np.ndarray, wcfg, level: int, keep: tuple[int, ...], widths: dict,
+                   out: np.ndarray) -> None:
+    """Decompose ``images`` once and write their feature rows (coeffs, then stats) into ``out[:len(images)]``."""
+    n = len(images)
+    coeffs = wavedec2_batch(images, wcfg.wavelet, level, wcfg.mode, wcfg.dtype)
+    col = 0
+    if "coeffs" in widths:
+        coeff_features(coeffs, keep, out=out[:n, :widths["coeffs"]])
+        col = widths["coeffs"]
+    if "stats" in widths:
+        out[:n, col:col + widths["stats"]] = stats_features(coeffs)
+
+
+class _BackgroundWriter:
+    """One writer thread on rank 0: at most one write in flight; errors come back through :meth:`wait`."""
+
+    def __init__(self, timers: dict):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-writer")
+        self._pending = None
+        self._timers = timers
+
+    def submit(self, fn, *args) -> None:
+        def timed():
+            t = time.perf_counter()
+            try:
+                fn(*args)
+            finally:
+                self._timers["write"] += time.perf_counter() - t
+
+        self._pending = self._pool.submit(timed)
+
+    def wait(self, err: list) -> None:
+        """Block until the write in flight is done; append its exception (if any) to ``err``."""
+        if self._pending is None:
+            return
+        t = time.perf_counter()
+        with _capture(err):
+            try:
+                self._pending.result()
+            finally:
+                self._pending = None
+                self._timers["write_wait"] += time.perf_counter() - t
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _write_round(dsets: dict, widths: dict, recvbuf: np.ndarray, chunk: int, pieces: list) -> None:
+    """Rank 0: write each rank's gathered rows (at ``r * chunk`` in ``recvbuf``) to their place in the output."""
+    for r, pc in enumerate(pieces):
+        if pc is None:
+            continue
+        block = recvbuf[r * chunk:r * chunk + len(pc)]
+        col = 0
+        for name, width in widths.items():
+            dsets[(pc.split, name)][pc.start:pc.stop] = block[:, col:col + width]
+            col += width
 
 
 def _close_on_error(packed, err: list) -> None:

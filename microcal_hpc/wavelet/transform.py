@@ -318,7 +318,7 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
     dtype : float64 (PyWavelets' default for 8-bit images) or float32 (faster, half the memory).
 
     Fitted attributes: ``image_shape_``, ``level_info_`` (:class:`LevelInfo`), ``keep_levels_``
-    (coarsest first), ``n_features_out_``.
+    (coarsest first), ``feature_sets_``, ``n_features_out_``.
     """
 
     def __init__(self, wavelet: str = "db5", level: int | None = 4, keep_levels: Sequence[int] | None = (2, 3, 4),
@@ -356,7 +356,7 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
         """Validate the settings against the image size (no learning)."""
         if self.dtype not in DTYPES:
             raise WaveletSettingsError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        self._sets = check_features(self.features)
+        self.feature_sets_ = check_features(self.features)
         images = self._images(X)
         self.image_shape_ = tuple(int(s) for s in images.shape[1:])
         self.level_info_ = resolve_level(self.image_shape_, self.wavelet, self.level, self.mode)
@@ -368,8 +368,10 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
 
     def _transform(self, images: np.ndarray) -> np.ndarray:
         out = extract_features(images, self.wavelet, self.level_info_.effective, self.keep_levels_, self.mode,
-                               self._sets, self.dtype)
-        return np.concatenate([out[s] for s in self._sets], axis=1) if len(self._sets) > 1 else out[self._sets[0]]
+                               self.feature_sets_, self.dtype)
+        if len(self.feature_sets_) == 1:
+            return out[self.feature_sets_[0]]
+        return np.concatenate([out[s] for s in self.feature_sets_], axis=1)
 
     def transform(self, X) -> np.ndarray:
         """(N, n_features_out_) features of the images X."""
@@ -383,10 +385,10 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
         """Column names: ``H4_0_0`` ... for coefficients, ``A4_energy`` ... for statistics."""
         names: list[str] = []
         level = self.level_info_.effective
-        if "coeffs" in self._sets:
+        if "coeffs" in self.feature_sets_:
             coeffs = wavedec2_batch(np.zeros((1,) + self.image_shape_), self.wavelet, level, self.mode)
             shapes = {j: coeffs[detail_index(level, j)][0].shape[-2:] for j in self.keep_levels_}
             names += coeff_feature_names(level, self.keep_levels_, shapes)
-        if "stats" in self._sets:
+        if "stats" in self.feature_sets_:
             names += stats_feature_names(level)
         return np.asarray(names, dtype=object)
