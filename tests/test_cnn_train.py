@@ -73,7 +73,9 @@ def test_two_epochs_on_real_data_write_every_output_with_matching_ids(packed_rea
     from microcal_hpc.dataset import load_split
     from microcal_hpc.splits import train_validation_indices
 
+    t0 = time.perf_counter()
     job = _train(_cfg("train.epochs=2", "train.fold=1", "train.folds=5"), packed_real, tmp_path, "fold-1")
+    wall = time.perf_counter() - t0
     for f in OUTPUTS:
         assert (job / f).is_file(), f
     tr, te = load_split(packed_real, "train"), load_split(packed_real, "test")
@@ -102,6 +104,7 @@ def test_two_epochs_on_real_data_write_every_output_with_matching_ids(packed_rea
     h = json.loads((job / "history.json").read_text())
     assert h["epoch"] == [1, 2] and len(h["val_auc"]) == 2 and all(s > 0 for s in h["epoch_seconds"])
     assert m["validation"]["loss"] == pytest.approx(h["val_loss"][-1], rel=1e-5)  # the final model's
+    assert sum(h["epoch_seconds"]) <= m["elapsed_s"] <= wall
     assert load_config(job / "config.yaml").train.fold == 1
     log = (job / "train.log").read_text()
     assert "epoch 1/2" in log and "epoch 2/2" in log
@@ -124,13 +127,17 @@ def test_stopped_job_resumes_at_epoch_two_and_keeps_its_optimizer_state(packed_s
     assert state.epoch == 1 and state.history["epoch"] == [1]
     first_epoch = {k: v[0] for k, v in state.history.items()}
 
+    t0 = time.perf_counter()
     job = _train(_cfg(*overrides), packed_synthetic, tmp_path, "official")
+    second_wall = time.perf_counter() - t0
     log = (job / "train.log").read_text()
     assert "resuming after epoch 1" in log
     assert "epoch 1/3" in log.split("resuming after epoch 1")[0] and "epoch 1/3" not in log.split("resuming")[1]
     h = json.loads((job / "history.json").read_text())
     assert h["epoch"] == [1, 2, 3]
     assert {k: v[0] for k, v in h.items()} == first_epoch  # epoch 1 kept, not retrained
+    elapsed = json.loads((job / "metrics.json").read_text())["elapsed_s"]
+    assert state.elapsed_s + sum(h["epoch_seconds"][1:]) <= elapsed <= state.elapsed_s + second_wall  # both runs
 
     # the optimizer state went through the checkpoint: Adam's step counter counts all three epochs
     n_train = int(json.loads((job / "metrics.json").read_text())["n_train"])

@@ -16,8 +16,6 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from microcal_hpc.atomic import atomic_path, write_json
@@ -39,6 +37,7 @@ class TrainingState:
     plateau_wait: int = 0  # epochs without improvement seen by the plateau LR schedule
     fingerprint: str = ""  # identity of the data and settings the job was started with
     checkpoint: str = ""  # folder name of the checkpoint that matches ``epoch``
+    elapsed_s: float = 0.0  # wall time spent by all runs of the job up to this checkpoint
 
 
 def checkpoint_dir(job_dir: str | Path) -> Path:
@@ -104,8 +103,3 @@ def load_best(job_dir: str | Path, model) -> bool:
     with np.load(path) as z:
         model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
     return True
-
-
-def state_summary(state: TrainingState) -> dict[str, Any]:
-    """A short description for log lines."""
-    return {"epoch": state.epoch, "stopped_early": state.stopped_early, "checkpoint": state.checkpoint}

@@ -149,7 +149,7 @@ def _set_determinism(train: TrainConfig) -> None:
 
 
 def _make_epoch_callback(ctx, job_dir: Path, model, optimizer, state: checkpoint.TrainingState, train: TrainConfig,
-                         base_lr: float, warmup_epochs: int, images_per_epoch: int):
+                         base_lr: float, warmup_epochs: int, images_per_epoch: int, job_started: float):
     """The callback that schedules the learning rate, logs, checkpoints and stops (early or by the test hook)."""
     import tensorflow as tf
 
@@ -189,6 +189,7 @@ def _make_epoch_callback(ctx, job_dir: Path, model, optimizer, state: checkpoint
             log.info("epoch %d/%d  %s  lr %.2e  %.1f s (%.0f img/s)", epoch + 1, train.epochs,
                      "  ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc")
                                if k in row), lr, seconds, row["images_per_second"])
+            state.elapsed_s = time.perf_counter() - job_started
             if ctx.is_root:
                 checkpoint.save(job_dir, model, optimizer, state)
             if state.stopped_early:
@@ -244,8 +245,10 @@ def save_model_atomically(model, final: Path) -> None:
 
 
 def _write_outputs(cfg: Config, job_dir: Path, name: str, model, d: _Data, state: checkpoint.TrainingState,
-                   ctx, started: float) -> None:
-    """history.json, predictions.npz, model.keras, then metrics.json (last: marks the job complete)."""
+                   ctx, job_started: float) -> None:
+    """history.json, predictions.npz, model.keras, then metrics.json (last: marks the job complete).
+
+    ``job_started``: ``time.perf_counter()`` value at which the job would have started had it run in one go."""
     from microcal_hpc.cnn.model import build_model, resolve_mixed_precision
     from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci
 
@@ -292,7 +295,7 @@ def _write_outputs(cfg: Config, job_dir: Path, name: str, model, d: _Data, state
         "n_train": int(len(d.train_y)),
         "distributed": {"mode": ctx.name, "size": ctx.size},
         "training_seconds": float(sum(h.get("epoch_seconds", []))),
-        "elapsed_s": float(sum(h.get("epoch_seconds", [])) + time.perf_counter() - started),
+        "elapsed_s": float(time.perf_counter() - job_started),  # all runs of the job
     }
     write_json(job_dir / "metrics.json", metrics)
     log.info("done: validation AUC %.4f, official Test AUC %.4f (95%% CI %.4f-%.4f) -> %s",
@@ -343,6 +346,7 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, sta
         _check_same_job(job_dir, train, state, fingerprint)
     else:
         state = checkpoint.TrainingState(fingerprint=fingerprint)
+    job_started = started - state.elapsed_s  # count the time of earlier runs of a resumed job
     if ctx.is_root:
         save_config(cfg, job_dir / "config.yaml")
 
@@ -368,7 +372,7 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, sta
         images_per_epoch = len(epoch_order(n, train.seed, 0, ctx.size, 0)) * ctx.size
         warmup = cfg.distributed.warmup_epochs if ctx.size > 1 else 0
         epoch_cb = _make_epoch_callback(ctx, job_dir, model, optimizer, state, train, base_lr, warmup,
-                                        images_per_epoch)
+                                        images_per_epoch, job_started)
         record = [] if os.environ.get(SHARD_LOG_ENV) else None
         first_epoch = state.epoch
         ds = training_dataset(d.train_x, d.train_y, batch_size=train.batch_size, seed=train.seed,
@@ -390,6 +394,6 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, sta
         log.info("training already finished at epoch %d; writing the outputs", state.epoch)
 
     if ctx.is_root:
-        _write_outputs(cfg, job_dir, name, model, d, state, ctx, started)
+        _write_outputs(cfg, job_dir, name, model, d, state, ctx, job_started)
     ctx.barrier()
     return job_dir
