@@ -94,6 +94,8 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
                 label = unit[0].array if len(unit) > 1 else unit[0].key
                 say(f"\n# ---- sbatch for {label}" + (f" (array of {len(unit)})" if len(unit) > 1 else ""))
                 say(executors.render_sbatch(cfg, unit, run, dep))
+        elif executor == "local":
+            say(f"\nlocal executor: at most {executors.default_max_parallel(cfg)} job(s) at once, in this order")
         say("\ndry run: nothing submitted")
         return 0
     if not todo and active:
