@@ -224,6 +224,7 @@ class CampaignConfig:
     augment_presets: list[str] = field(default_factory=lambda: ["flips", "seed_study"])
     wavelet: bool = True
     poll_seconds: float = 2.0
+    srun_mpi: str = "pmix"  # srun --mpi plugin of multi-task (MPI) jobs under SLURM; "": the cluster's default
     resources: dict[str, ResourceConfig] = field(default_factory=_default_resources)
 
     def validate(self) -> None:

@@ -146,6 +146,9 @@ def test_slurm_parameters_carry_the_resources(tmp_path):
         assert line in text, line
     feat = executors.slurm_parameters(cfg, [plan.get("wavelet-features")], None)
     assert feat["ntasks_per_node"] == 2 and "gres" not in feat and "additional_parameters" not in feat
+    assert feat["srun_args"] == ["--mpi=pmix"] and "srun_args" not in p  # MPI ranks through srun's PMIx
+    assert "srun --unbuffered" in (t := executors.render_sbatch(cfg, [plan.get("wavelet-features")], plan.run_dir,
+                                                                 None)) and "--mpi=pmix" in t
     assert "partition" not in feat  # empty partition: the cluster's default
     assert executors.signal_delay_s(5) == 30 and executors.signal_delay_s(1) == 10
 

@@ -139,7 +139,8 @@ def test_submitit_campaign_completes_on_slurm(slurm_cluster, real_root, tmp_path
         # --gres=gpu:1 -> SLURM set CUDA_VISIBLE_DEVICES (fake GPUs); TensorFlow trained on the CPU anyway
         assert recs[f"cnn-{name}"]["cuda_visible_devices"] in ("0", "1"), recs[f"cnn-{name}"]
     assert recs["cnn-fold-0"]["job_id"].endswith("_0") and recs["cnn-fold-1"]["job_id"].endswith("_1")
-    assert recs["wavelet-features"]["ranks"] == 2  # srun started 2 MPI ranks (pmix)
+    assert recs["wavelet-features"]["ranks"] == 2  # srun started 2 tasks ...
+    assert "on 2 rank(s)" in (run / "wavelet" / "features.log").read_text()  # ... that formed one MPI world
     assert recs["pack"]["cuda_visible_devices"] in (None, "")
     agg = recs["aggregate"]["job_id"]  # the job wrote COMPLETED; SLURM says so once its process has exited
     wait_for(lambda: sacct_states([agg]).get(agg) in TERMINAL, 60, "sacct to see the report job end", squeue_text)

@@ -73,6 +73,8 @@ def slurm_parameters(cfg: Config, unit: list[JobSpec], dependency: Optional[str]
             params[key] = getattr(res, key)
     if res.gpus_per_node > 0:
         params["gres"] = f"gpu:{int(res.gpus_per_node)}"
+    if spec.tasks > 1 and cfg.campaign.srun_mpi:  # MPI ranks from srun need its PMI plugin
+        params["srun_args"] = [f"--mpi={cfg.campaign.srun_mpi}"]
     extra: dict[str, Any] = {}
     if dependency:
         extra["dependency"] = dependency
