@@ -87,6 +87,7 @@ def test_two_ranks_write_the_same_bytes_as_one(packed_real, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "on 2 rank(s)" in proc.stderr
     _assert_same(_datasets(serial), _datasets(parallel))
+    assert serial.read_bytes() == parallel.read_bytes()  # even the HDF5 file is byte-identical
 
     data = _datasets(serial)
     train = load_split(packed_real, "train")

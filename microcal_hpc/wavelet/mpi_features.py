@@ -5,10 +5,11 @@ How the work is split
     the contiguous slice ``[r*G//P, (r+1)*G//P)`` and reads it from the packed file in pieces of at most
     ``cfg.wavelet.chunk_size`` images that do not cross the Train/Test border. Work proceeds in rounds:
     in round ``k`` every rank decomposes its ``k``-th piece; the feature rows are gathered on rank 0
-    with ``comm.Gatherv`` (NumPy buffers, counts and displacements: no pickling), which writes each
-    rank's rows at their place in the output. Memory per rank is bounded by the chunk size, not by the
-    number of images. Each image is computed the same way whatever its rank or piece, so the output is
-    identical for any number of ranks.
+    with ``comm.Gatherv`` (NumPy buffers, counts and displacements: no pickling), whose writer thread
+    puts each rank's rows at their place in the output while the ranks compute the next round. Memory
+    per rank is bounded by the chunk size, not by the number of images. Each image is computed the same
+    way whatever its rank or piece, so the output is identical (byte for byte) for any number of ranks.
+    Ranks that wait for others do so in a polled non-blocking collective, not a busy-polling one.
 
 Errors
     Every rank validates the settings and opens the input before the first collective. After each
