@@ -222,7 +222,8 @@ class CampaignConfig:
     official: bool = True  # CNN on the official split (hold-out validation from Train)
     cv_folds: int = 5  # CNN cross-validation folds (0: none)
     augment_presets: list[str] = field(default_factory=lambda: ["flips", "seed_study"])
-    wavelet: bool = True
+    wavelet: bool = True  # wavelet features + classifiers
+    baseline: bool = True  # the grey-level shortcut baseline
     poll_seconds: float = 2.0
     srun_mpi: str = "pmix"  # srun --mpi plugin of multi-task (MPI) jobs under SLURM; "": the cluster's default
     resources: dict[str, ResourceConfig] = field(default_factory=_default_resources)
@@ -347,13 +348,24 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(names)}"
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
-    obj = cls(**kwargs)
-    if cls is CampaignConfig and "resources" in data:
-        # a YAML that sets only some job types keeps the defaults of the others
-        merged = _default_resources()
-        merged.update(obj.resources)
-        obj.resources = merged
-    return obj
+    if cls is CampaignConfig and "resources" in kwargs:
+        kwargs["resources"] = _merge_resources(data["resources"], f"{where}.resources" if where else "resources")
+    return cls(**kwargs)
+
+
+def _merge_resources(given: Any, where: str) -> dict[str, ResourceConfig]:
+    """Per-job-type resources: every job type keeps its own defaults for the keys the YAML leaves out."""
+    merged = _default_resources()
+    for job_type, value in given.items():
+        if job_type not in JOB_TYPES:
+            raise ConfigError(f"{where}: unknown job type {job_type!r}; known: {', '.join(JOB_TYPES)}")
+        if isinstance(value, ResourceConfig):
+            merged[job_type] = value
+            continue
+        base = dataclasses.asdict(merged[job_type])
+        base.update(value or {})
+        merged[job_type] = _build(ResourceConfig, base, f"{where}.{job_type}")
+    return merged
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Config:

@@ -29,8 +29,11 @@ def test_partial_resources_keep_other_defaults(tmp_path):
     p.write_text("campaign:\n  resources:\n    train: {gpus_per_node: 2, tasks_per_node: 2}\n")
     cfg = load_config(p)
     assert cfg.resources("train").gpus_per_node == 2
-    assert cfg.resources("train").time_min == 60  # ResourceConfig default for unspecified keys
+    assert cfg.resources("train").time_min == 120  # the train job type's default for unspecified keys
     assert cfg.resources("aggregate").cpus_per_task == 1  # untouched job type keeps its default
+    p.write_text("campaign:\n  resources:\n    wavelet_features: {tasks_per_node: 4}\n")
+    wf = load_config(p).resources("wavelet_features")
+    assert (wf.tasks_per_node, wf.time_min, wf.mem_gb) == (4, 30, 4.0)  # the job type's own defaults kept
 
 
 @pytest.mark.parametrize("text, message", [

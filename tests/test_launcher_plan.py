@@ -63,11 +63,23 @@ def test_plan_follows_the_campaign_switches(tmp_path):
     cfg = _cfg(tmp_path, "campaign.official=false", "campaign.cv_folds=0", "campaign.augment_presets=[]",
                "campaign.wavelet=false", "campaign.resources.wavelet_features.tasks_per_node=4")
     assert build_plan(cfg, tmp_path / "r").keys() == ["pack", "baseline-greylevel-rf", "aggregate"]
+    no_baseline = _cfg(tmp_path, "campaign.wavelet=false", "campaign.baseline=false")
+    assert "baseline-greylevel-rf" not in build_plan(no_baseline, tmp_path / "r").keys()
     cfg = _cfg(tmp_path, "campaign.cv_folds=2", "campaign.augment_presets=[flips]",
                "campaign.resources.wavelet_features.tasks_per_node=3")
     plan = build_plan(cfg, tmp_path / "r")
     assert [s.key for s in plan if s.array == "cnn-folds"] == ["cnn-fold-0", "cnn-fold-1"]
     assert plan.get("wavelet-features").tasks == 3
+
+
+def test_every_arm_gets_the_same_folds(tmp_path):
+    cfg = _cfg(tmp_path, "campaign.cv_folds=3", "classify.folds=5", "classify.group_by=case", "classify.seed=9",
+               "train.seed=4")
+    plan = build_plan(cfg, tmp_path / "r")
+    for key in ("cnn-fold-0", "wavelet-classify", "baseline-greylevel-rf"):
+        c = plan.get(key).config
+        assert (c.train.folds, c.train.group_by, c.train.seed) == (3, "group", 4), key
+        assert (c.classify.folds, c.classify.group_by, c.classify.seed) == (3, "group", 4), key
 
 
 def test_without_data_root_an_existing_packed_file_is_used(tmp_path):

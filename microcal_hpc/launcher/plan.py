@@ -119,12 +119,34 @@ def resolve_paths(cfg: Config) -> Config:
     return cfg
 
 
+def align_folds(cfg: Config) -> Config:
+    """Make fold k the same images in every arm: one number of folds, one grouping, one seed.
+
+    The campaign's ``cv_folds`` (when > 0) sets ``train.folds`` and ``classify.folds``; the wavelet
+    classifiers and the baseline take ``train.group_by`` and ``train.seed`` for their splitter. A
+    campaign whose ``classify.*`` said otherwise is corrected here, in place, and the change is logged.
+    """
+    import logging
+
+    t, c = cfg.train, cfg.classify
+    if cfg.campaign.cv_folds:
+        t.folds = cfg.campaign.cv_folds
+    changed = [f"classify.{k}: {getattr(c, k)!r} -> {getattr(t, k)!r}" for k in ("folds", "group_by", "seed")
+               if getattr(c, k) != getattr(t, k)]
+    if changed:
+        logging.getLogger("microcal.launcher").warning(
+            "so that both arms use the same folds: %s", "; ".join(changed))
+    c.folds, c.group_by, c.seed = t.folds, t.group_by, t.seed
+    return cfg
+
+
 def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
     """The campaign's job specs, in submission order. Pure: reads nothing but ``cfg`` (and, to decide
     whether a pack job is needed without a data root, whether the packed file exists)."""
     cfg = resolve_paths(cfg)
     run = Path(_abs(str(run_dir)) if run_dir else cfg.campaign.run_dir)
     cfg.campaign.run_dir = str(run)
+    align_folds(cfg)
     camp = cfg.campaign
     data = packed_path(cfg, run)
     plan = Plan(run_dir=str(run))
@@ -181,10 +203,11 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
                    for clf in cfg.classify.classifiers]
         job("wavelet-classify", "wavelet", "classify", "wavelet_classify", "jobs.wavelet_classify:classify_job",
             cfg, [features, wdir], outputs, depends_on=("wavelet-features",), job_log=str(wdir / "classify.log"))
-    bdir = run / "baseline"
-    job(f"baseline-{BASELINE_NAME}", "baseline", BASELINE_NAME, "wavelet_classify", "jobs.baseline:baseline_job",
-        cfg, [data, bdir], [bdir / BASELINE_NAME / "metrics.json"], depends_on=upstream,
-        job_log=str(bdir / BASELINE_NAME / "baseline.log"))
+    if camp.baseline:
+        bdir = run / "baseline"
+        job(f"baseline-{BASELINE_NAME}", "baseline", BASELINE_NAME, "wavelet_classify", "jobs.baseline:baseline_job",
+            cfg, [data, bdir], [bdir / BASELINE_NAME / "metrics.json"], depends_on=upstream,
+            job_log=str(bdir / BASELINE_NAME / "baseline.log"))
 
     # 4. the report, after every other job whatever its outcome (it reports failures too)
     others = tuple(s.key for s in plan.specs)
