@@ -158,7 +158,12 @@ def test_slurm_parameters_carry_the_resources(tmp_path):
         assert line in text, line
     feat = executors.slurm_parameters(cfg, [plan.get("wavelet-features")], None)
     assert feat["ntasks_per_node"] == 2 and "gres" not in feat and "additional_parameters" not in feat
-    assert feat["srun_args"] == ["--mpi=pmix"] and "srun_args" not in p  # MPI ranks through srun's PMIx
+    assert feat["srun_args"] == ["--mpi=pmix", "--kill-on-bad-exit=1"] and "srun_args" not in p  # srun's PMIx
+    # a Horovod training job (one task per GPU) is launched through srun's PMIx too
+    hvd = _cfg(tmp_path, "campaign.resources.train.gpus_per_node=4", "campaign.resources.train.tasks_per_node=4")
+    hp = executors.slurm_parameters(hvd, [build_plan(hvd, tmp_path / "run").get("cnn-official")], None)
+    assert hp["ntasks_per_node"] == 4 and hp["gres"] == "gpu:4"
+    assert hp["srun_args"] == ["--mpi=pmix", "--kill-on-bad-exit=1"]
     assert "srun --unbuffered" in (t := executors.render_sbatch(cfg, [plan.get("wavelet-features")], plan.run_dir,
                                                                  None)) and "--mpi=pmix" in t
     assert "partition" not in feat  # empty partition: the cluster's default

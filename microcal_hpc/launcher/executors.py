@@ -73,8 +73,10 @@ def slurm_parameters(cfg: Config, unit: list[JobSpec], dependency: Optional[str]
             params[key] = getattr(res, key)
     if res.gpus_per_node > 0:
         params["gres"] = f"gpu:{int(res.gpus_per_node)}"
-    if spec.tasks > 1 and cfg.campaign.srun_mpi:  # MPI ranks from srun need its PMI plugin
-        params["srun_args"] = [f"--mpi={cfg.campaign.srun_mpi}"]
+    if res.tasks_per_node * res.nodes > 1 and cfg.campaign.srun_mpi:
+        # MPI ranks (wavelet features) and Horovod ranks (train, one task per GPU) started by srun need
+        # its PMI plugin; one failing rank ends the step instead of leaving the others waiting
+        params["srun_args"] = [f"--mpi={cfg.campaign.srun_mpi}", "--kill-on-bad-exit=1"]
     extra: dict[str, Any] = {}
     if dependency:
         extra["dependency"] = dependency
