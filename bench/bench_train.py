@@ -84,7 +84,6 @@ def _default_data(workdir: Path) -> Path:
 
 def _run_naive(data: str, epochs: int, seed: int) -> dict:
     """The reference: the study's way, ``model.fit`` on in-memory NumPy arrays, batch 32."""
-    import numpy as np
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 

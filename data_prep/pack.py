@@ -29,13 +29,10 @@ SIGTERM (e.g. ``scancel``) while writing removes the temporary file.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,9 +42,9 @@ import numpy as np
 
 from data_prep.naming import namer_from_config
 from data_prep.readers import IMAGE_EXTENSIONS, decode_image, pixel_hash
-from microcal_hpc.atomic import atomic_path
+from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
 from microcal_hpc.dataset import FORMAT_NAME, FORMAT_VERSION
-from microcal_hpc.errors import InputError, MicrocalError
+from microcal_hpc.errors import InputError, Terminated
 from microcal_hpc.joblog import get_logger
 
 log = get_logger("microcal.pack")
@@ -55,16 +52,6 @@ log = get_logger("microcal.pack")
 SPLIT_FOLDERS = {"train": "Train", "test": "Test"}  # HDF5 group -> folder under ROOT
 CLASS_FOLDERS = ("0", "1")
 PROGRESS_MIN_FILES = 5000  # show a progress bar from this many images on (progress=None)
-
-
-class PackTerminated(MicrocalError):
-    """The pack was stopped by a signal; nothing was written."""
-
-    exit_code = 143
-
-
-class _SignalReceived(BaseException):
-    """Raised from the SIGTERM handler; a BaseException so that no ``except Exception`` swallows it."""
 
 
 @dataclass
@@ -242,10 +229,10 @@ def pack_tree(root: str | os.PathLike, out: str | os.PathLike, data_cfg, force: 
     show = progress if progress is not None else scan.n_images >= PROGRESS_MIN_FILES
     log.info("packing %d images from %s into %s", scan.n_images, root, out)
     try:
-        with _sigterm_raises(), atomic_path(out) as tmp:
+        with sigterm_raises(), atomic_path(out) as tmp:
             summary = _write_packed(scan, tmp, data_cfg, show)
-    except _SignalReceived:
-        raise PackTerminated(f"{out}: terminated by SIGTERM while packing; nothing written") from None
+    except SignalReceived:
+        raise Terminated(f"{out}: terminated by SIGTERM while packing; nothing written") from None
     seconds = time.perf_counter() - t0
     summary.update(path=str(out), status="packed", seconds=round(seconds, 3),
                    images_per_second=round(scan.n_images / seconds, 1) if seconds > 0 else None,
@@ -359,20 +346,3 @@ def format_summary(s: dict) -> str:
     rate = f" ({s['images_per_second']:.0f} images/s)" if s.get("images_per_second") else ""
     return (f"packed {'; '.join(parts)}; {s['image_shape'][0]}x{s['image_shape'][1]} uint8; groups: {groups}; "
             f"{s.get('duplicate_images', 0)} pixel-duplicate image(s); {s['seconds']:.2f} s{rate} -> {s['path']}")
-
-
-@contextlib.contextmanager
-def _sigterm_raises():
-    """While packing, turn SIGTERM into an exception so the temporary file is removed (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _handler(signum, frame):
-        raise _SignalReceived()
-
-    previous = signal.signal(signal.SIGTERM, _handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

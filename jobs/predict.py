@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from pathlib import Path
 
 
 def predict_job(model_dir: str, images: str, out: str) -> str:

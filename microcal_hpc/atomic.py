@@ -5,7 +5,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +34,28 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+class SignalReceived(BaseException):
+    """Raised by :func:`sigterm_raises`; a BaseException so that no ``except Exception`` swallows it."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`SignalReceived`, so that the ``atomic_path`` blocks
+    inside it unwind and remove their temporary output (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(signum, frame):
+        raise SignalReceived()
+
+    previous = signal.signal(signal.SIGTERM, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

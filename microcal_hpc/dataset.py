@@ -46,25 +46,32 @@ def _strings(ds) -> np.ndarray:
     return np.array(ds.asstr()[()], dtype=object).astype(str)
 
 
-def open_packed(path: str | os.PathLike):
-    """Open a packed file read-only, checking that it is one; raise InputError otherwise."""
+def open_checked_h5(path: str | os.PathLike, format_name: str, format_version: int, what: str, remedy: str):
+    """Open an HDF5 file of this project read-only, checking its ``format`` and ``format_version``
+    attributes; raise InputError naming the file otherwise (``what``: e.g. "packed data file";
+    ``remedy``: what to run to make or remake it)."""
     import h5py
 
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: packed data file not found (run `microcal-hpc pack` first)")
+        raise InputError(f"{p}: {what} not found ({remedy} first)")
     try:
         f = h5py.File(p, "r")
     except OSError as e:
         raise InputError(f"{p}: not a readable HDF5 file ({e})") from None
-    if f.attrs.get("format") != FORMAT_NAME:
+    if f.attrs.get("format") != format_name:
         f.close()
-        raise InputError(f"{p}: not a microcal-hpc packed file (attribute 'format' missing or different)")
-    if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+        raise InputError(f"{p}: not a microcal-hpc {what} (attribute 'format' missing or different)")
+    if int(f.attrs.get("format_version", -1)) != format_version:
         found = f.attrs.get("format_version")
         f.close()
-        raise InputError(f"{p}: packed format version {found}, this version reads {FORMAT_VERSION}; repack")
+        raise InputError(f"{p}: {what} format version {found}, this version reads {format_version}; {remedy} again")
     return f
+
+
+def open_packed(path: str | os.PathLike):
+    """Open a packed file read-only, checking that it is one; raise InputError otherwise."""
+    return open_checked_h5(path, FORMAT_NAME, FORMAT_VERSION, "packed data file", "run `microcal-hpc pack`")
 
 
 def load_split(path: str | os.PathLike, split: str, images: bool = True) -> Split:

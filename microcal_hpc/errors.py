@@ -13,3 +13,9 @@ class InputError(MicrocalError):
 
 class ConfigError(MicrocalError):
     """Bad configuration: unknown key, wrong type, or an invalid value."""
+
+
+class Terminated(MicrocalError):
+    """The job was stopped by SIGTERM (e.g. scancel) while writing; its temporary output was removed."""
+
+    exit_code = 143

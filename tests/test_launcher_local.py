@@ -80,7 +80,7 @@ def test_local_campaign_failure_then_resume(real_root, tmp_path):
     failed = recs["cnn-fold-1"]
     assert failed["state"] == "FAILED" and "InjectedFault" in failed["error"], explain(run, proc)
     # the failing job's log path is printed, and it holds the traceback
-    assert f"FAILED: cnn/fold-1" in proc.stdout and f"log: {failed['log_err']}" in proc.stdout, proc.stdout
+    assert "FAILED: cnn/fold-1" in proc.stdout and f"log: {failed['log_err']}" in proc.stdout, proc.stdout
     assert "InjectedFault" in Path(failed["log_err"]).read_text()
     # every other job ran to completion and kept its results, the report included
     others = {k: r["state"] for k, r in recs.items() if k != "cnn-fold-1"}

@@ -115,25 +115,13 @@ def _attr(v):
 
 def open_features(path: str | os.PathLike):
     """Open a features file read-only after checking its format; InputError otherwise."""
-    import h5py
+    from microcal_hpc.dataset import open_checked_h5
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: features file not found (run `microcal-hpc wavelet-features` first)")
-    try:
-        f = h5py.File(p, "r")
-    except OSError as e:
-        raise InputError(f"{p}: not a readable HDF5 file ({e})") from None
-    if f.attrs.get("format") != FORMAT_NAME:
-        f.close()
-        raise InputError(f"{p}: not a microcal-hpc wavelet features file (attribute 'format' missing or different)")
-    if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-        found = f.attrs.get("format_version")
-        f.close()
-        raise InputError(f"{p}: features format version {found}, this version reads {FORMAT_VERSION}; recompute")
+    f = open_checked_h5(path, FORMAT_NAME, FORMAT_VERSION, "wavelet features file",
+                        "run `microcal-hpc wavelet-features`")
     if not bool(f.attrs.get("complete", False)):
         f.close()
-        raise InputError(f"{p}: features file is incomplete; recompute it")
+        raise InputError(f"{path}: features file is incomplete; recompute it")
     return f
 
 

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from microcal_hpc.atomic import atomic_path
+from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
 from microcal_hpc.dataset import SPLITS, open_packed
-from microcal_hpc.errors import ConfigError, InputError, MicrocalError
+from microcal_hpc.errors import ConfigError, InputError, MicrocalError, Terminated
 from microcal_hpc.wavelet import features_file
 from microcal_hpc.wavelet.transform import (check_features, check_keep_levels, coeff_feature_length,
                                             coeff_features, resolve_level, stats_feature_names, stats_features,
@@ -227,36 +227,6 @@ def _describe_settings(wcfg) -> str:
             f"features={wcfg.features} dtype={wcfg.dtype}")
 
 
-class FeaturesTerminated(MicrocalError):
-    """The job was stopped by SIGTERM (e.g. scancel); the temporary output was removed."""
-
-    exit_code = 143
-
-
-class _SignalReceived(BaseException):
-    """Raised by the SIGTERM handler; a BaseException so that the per-step error capture lets it through."""
-
-
-@contextlib.contextmanager
-def _sigterm_raises():
-    """Turn SIGTERM into an exception while the job runs, so the temporary output is removed (main thread only)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _handler(signum, frame):
-        raise _SignalReceived()
-
-    previous = signal.signal(signal.SIGTERM, _handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=None, force: bool = False,
                     progress_every: float = 10.0) -> dict:
     """Compute the wavelet features of every image of ``data`` into ``out``; collective over ``comm``.
@@ -265,10 +235,10 @@ def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=
     status (written | up to date), ranks, images, seconds, images_per_second, peak_rss_mb_per_rank.
     """
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             return _extract(wcfg, data, out, comm if comm is not None else get_comm(), force, progress_every)
-    except _SignalReceived:
-        raise FeaturesTerminated(f"{out}: terminated by SIGTERM; nothing written") from None
+    except SignalReceived:
+        raise Terminated(f"{out}: terminated by SIGTERM; nothing written") from None
 
 
 def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
