@@ -28,6 +28,21 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{name}: {text}")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_job_logging():
+    """Jobs run in-process route the ``microcal`` loggers to their own files and stop propagation
+    (joblog.setup_job_logging); undo that after each test so that ``caplog`` works in any test order."""
+    import logging
+
+    yield
+    root = logging.getLogger("microcal")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    root.propagate = True
+    root.setLevel(logging.NOTSET)
+
+
 @pytest.fixture(scope="session")
 def real_root() -> Path:
     root = real_data_root()
