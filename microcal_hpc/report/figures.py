@@ -8,6 +8,7 @@ training curves solid, validation curves dashed.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,7 +37,8 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10
 
 def _save(fig, path: str | os.PathLike) -> str:
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
+        # "tight" grows the canvas to every artist, so rotated tick labels and long titles are never clipped
+        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return str(path)
 
@@ -121,7 +123,8 @@ def confusion_matrices(models: Sequence[ModelSummary], path: str | os.PathLike) 
         for (i, j), txt in zip(np.ndindex(2, 2), ax.texts):
             pct = 100 * cm[i, j] / max(cm[i].sum(), 1)
             txt.set_text(f"{cm[i, j]}\n({pct:.0f}%)")
-        ax.set_title(f"{m.label}\nTest n={t['n']}, threshold {m.threshold:g}", fontsize=9)
+        title = textwrap.fill(m.label, 34)
+        ax.set_title(f"{title}\nTest n={t['n']}, threshold {m.threshold:g}", fontsize=9)
         ax.set_xlabel("Predicted")
         ax.set_ylabel("True")
     return _save(fig, path)
