@@ -6,7 +6,9 @@
 #   bash scripts/setup.sh env    # install everything, run nothing
 #
 # Idempotent: apt packages already present are not touched, and the virtual environment is
-# rebuilt only when requirements.txt, setup.py or this script change (a stamp file records a hash).
+# updated only when requirements.txt, constraints.txt, setup.py or this script change (a stamp file
+# records a hash). requirements.txt pins what the project asks for; constraints.txt pins everything
+# pip resolves (transitive packages too), so a fresh machine gets the tested environment.
 # Environment: MICROCAL_VENV (default: <repo>/.venv), MICROCAL_DATA (default: ../shared/data/Mammography_micro),
 # MICROCAL_RUN_DIR (default: <repo>/runs/main), PYTHON (default: python3.11 or python3).
 set -euo pipefail
@@ -49,7 +51,7 @@ pick_python() {
 build_venv() {
   local stamp_file="$VENV/.microcal-stamp"
   local stamp
-  stamp="$(cat "$REPO/requirements.txt" "$REPO/setup.py" "$REPO/scripts/setup.sh" | sha256sum | cut -c1-16)"
+  stamp="$(cat "$REPO/requirements.txt" "$REPO/constraints.txt" "$REPO/setup.py" "$REPO/scripts/setup.sh" | sha256sum | cut -c1-16)"
   if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && [ -x "$VENV/bin/microcal-hpc" ]; then
     log "virtual environment $VENV is current"
     return 0
@@ -59,7 +61,7 @@ build_venv() {
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade "pip==24.2" "setuptools==72.1.0" "wheel==0.44.0"
   log "pip install -r requirements.txt (TensorFlow first: Horovod builds against it)"
-  "$VENV/bin/python" -m pip install -q -r "$REPO/requirements.txt"
+  "$VENV/bin/python" -m pip install -q -r "$REPO/requirements.txt" -c "$REPO/constraints.txt"
   if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
     log "building horovod==$HOROVOD_VERSION from source (3-5 min)"
     MAKEFLAGS=-j2 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
@@ -67,7 +69,7 @@ build_venv() {
       "$VENV/bin/python" -m pip install -q --no-build-isolation --no-cache-dir "horovod==$HOROVOD_VERSION"
   fi
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$REPO"
-  "$VENV/bin/horovodrun" --check-build >&2
+  TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build >&2
   echo "$stamp" > "$stamp_file"
   log "virtual environment ready"
 }
