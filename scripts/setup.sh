@@ -51,7 +51,7 @@ pick_python() {
 build_venv() {
   local stamp_file="$VENV/.microcal-stamp"
   local stamp
-  stamp="$(cat "$REPO/requirements.txt" "$REPO/constraints.txt" "$REPO/setup.py" "$REPO/scripts/setup.sh" | sha256sum | cut -c1-16)"
+  stamp="$(cat "$REPO/requirements.txt" "$REPO/constraints.txt" "$REPO/setup.py" "$REPO/pyproject.toml" "$REPO/scripts/setup.sh" | sha256sum | cut -c1-16)"
   if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && [ -x "$VENV/bin/microcal-hpc" ]; then
     log "virtual environment $VENV is current"
     return 0
