@@ -48,6 +48,7 @@ class Cluster(MockedSubprocess):
 
 
 def _submit(cluster: Cluster, run: Path, tmp_path: Path, *extra: str) -> int:
+    (tmp_path / "tree").mkdir(exist_ok=True)  # the pack job itself never runs on the mocked cluster
     args = ["submit", "--executor", "slurm", "--run-dir", str(run), "--set", f"data.root={tmp_path / 'tree'}"]
     for s in SETTINGS:
         args += ["--set", s]
@@ -209,3 +210,16 @@ def test_a_refused_submission_cancels_what_was_submitted(tmp_path, capsys):
     assert ["scancel", pack_id] in cluster.calls
     assert recs["pack"]["state"] == "CANCELLED" and recs["cnn-official"]["state"] == "FAILED"
     assert set(recs) == {"pack", "cnn-official"}  # nothing after the refused job was submitted
+
+
+def test_a_missing_image_tree_fails_before_anything_is_submitted(tmp_path, capsys):
+    run = tmp_path / "run"
+    cluster = Cluster()
+    with cluster.context():
+        code = cli.main(["submit", "--executor", "slurm", "--run-dir", str(run),
+                         "--set", f"data.root={tmp_path / 'nosuch'}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"microcal-hpc submit: error: {tmp_path / 'nosuch'}: image folder not found "
+                       "(data.root; the tree ROOT/{Train,Test}/{0,1})")
+    assert not any(c[0] == "sbatch" for c in cluster.calls) and not (run / "jobs").exists()

@@ -71,6 +71,9 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
     run = str(Path(run_dir or cfg.campaign.run_dir).expanduser().resolve())
     cfg.campaign.run_dir, cfg.campaign.executor = run, executor
     plan = build_plan(cfg, run)
+    if not dry_run and "pack" in plan.keys() and not Path(cfg.data.root).is_dir():
+        # fail before anything is submitted, not in the first job
+        raise ConfigError(f"{cfg.data.root}: image folder not found (data.root; the tree ROOT/{{Train,Test}}/{{0,1}})")
     complete = {s.key for s in plan if s.is_complete()}
     active = _active_jobs(run) if Path(run, "jobs").is_dir() else {}
     if active and executor != "slurm":
