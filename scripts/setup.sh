@@ -53,6 +53,13 @@ build_venv() {
   local stamp
   stamp="$(cat "$REPO/requirements.txt" "$REPO/constraints.txt" "$REPO/setup.py" "$REPO/pyproject.toml" "$REPO/scripts/setup.sh" | sha256sum | cut -c1-16)"
   if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && [ -x "$VENV/bin/microcal-hpc" ]; then
+    # a venv shared by several checkouts (MICROCAL_VENV) must run this checkout's code
+    local installed
+    installed="$(cd / && "$VENV/bin/python" -c 'import microcal_hpc, os; print(os.path.dirname(os.path.dirname(os.path.realpath(microcal_hpc.__file__))))' 2>/dev/null || true)"
+    if [ "$installed" != "$(realpath "$REPO")" ]; then
+      log "pointing $VENV at this checkout ($REPO; it ran ${installed:-nothing})"
+      "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$REPO"
+    fi
     log "virtual environment $VENV is current"
     return 0
   fi
