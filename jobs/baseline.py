@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from microcal_hpc.cli import add_config_arguments, config_from_args
+from microcal_hpc.cli import CV_FLAGS, add_config_arguments, add_cv_arguments, config_from_args
 
 BASELINE_NAME = "greylevel-rf"
 
@@ -55,16 +55,12 @@ def baseline_job(cfg, data: str, run_dir: str, force: bool = False) -> str:
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE.h5", help="packed data file (microcal-hpc pack)")
     p.add_argument("--run-dir", required=True, metavar="DIR", help="output folder (RUN/baseline)")
-    p.add_argument("--folds", type=int, help="CV folds (classify.folds)")
-    p.add_argument("--group-by", choices=("group", "case", "none"), help="CV grouping (classify.group_by)")
-    p.add_argument("--seed", type=int, help="splitter and model seed (classify.seed)")
-    p.add_argument("--n-jobs", type=int, help="parallel fold fits (classify.n_jobs)")
+    add_cv_arguments(p)
     p.add_argument("--force", action="store_true", help="recompute even if complete")
     add_config_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args, {"folds": "classify.folds", "group_by": "classify.group_by",
-                                  "seed": "classify.seed", "n_jobs": "classify.n_jobs"})
+    cfg = config_from_args(args, CV_FLAGS)
     baseline_job(cfg, args.data, args.run_dir, force=args.force)
     return 0

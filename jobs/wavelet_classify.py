@@ -19,7 +19,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from microcal_hpc.cli import add_config_arguments, config_from_args
+from microcal_hpc.cli import CV_FLAGS, add_config_arguments, add_cv_arguments, config_from_args
 
 log = logging.getLogger("microcal.wavelet.classify")
 
@@ -84,17 +84,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, metavar="DIR", help="output folder (RUN/wavelet)")
     p.add_argument("--classifiers", metavar="rf,svm,...", help="classifiers (classify.classifiers)")
     p.add_argument("--feature-sets", metavar="coeffs,stats", help="feature sets (classify.feature_sets)")
-    p.add_argument("--folds", type=int, help="CV folds (classify.folds)")
-    p.add_argument("--group-by", choices=("group", "case", "none"), help="CV grouping (classify.group_by)")
-    p.add_argument("--seed", type=int, help="splitter and model seed (classify.seed)")
-    p.add_argument("--n-jobs", type=int, help="parallel fold fits (classify.n_jobs)")
+    add_cv_arguments(p)
     p.add_argument("--force", action="store_true", help="recompute complete model folders too")
     add_config_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, {"classifiers": "classify.classifiers", "feature_sets": "classify.feature_sets",
-                                  "folds": "classify.folds", "group_by": "classify.group_by",
-                                  "seed": "classify.seed", "n_jobs": "classify.n_jobs"})
+                                  **CV_FLAGS})
     classify_job(cfg, args.features, args.run_dir, force=args.force)
     return 0

@@ -35,6 +35,19 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                    help="override one configuration value (repeatable), e.g. --set train.epochs=2")
 
 
+# flags of the cross-validated classifier jobs (wavelet-classify, baseline) -> config keys
+CV_FLAGS = {"folds": "classify.folds", "group_by": "classify.group_by", "seed": "classify.seed",
+            "n_jobs": "classify.n_jobs"}
+
+
+def add_cv_arguments(p: argparse.ArgumentParser) -> None:
+    """The splitter and parallelism flags shared by the classifier jobs (see CV_FLAGS)."""
+    p.add_argument("--folds", type=int, help="CV folds (classify.folds)")
+    p.add_argument("--group-by", choices=("group", "case", "none"), help="CV grouping (classify.group_by)")
+    p.add_argument("--seed", type=int, help="splitter and model seed (classify.seed)")
+    p.add_argument("--n-jobs", type=int, help="parallel fold fits (classify.n_jobs)")
+
+
 def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = None):
     """Load the Config of a job: ``--config`` YAML, then ``--set`` overrides, then job flags.
 

@@ -141,16 +141,21 @@ def roc_single(curves: Sequence[tuple[str, Predictions, str, str]], path: str | 
     for label, p, colour, style in curves:
         fpr, tpr, _ = roc_curve(p.labels, p.prob)
         ax.plot(fpr, tpr, style, color=colour, lw=1.8, label=f"{label} (AUC {roc_auc_score(p.labels, p.prob):.3f})")
+    _finish_roc_axes(ax, f"ROC on the official Test set (n = {len(curves[0][1])})")
+    return _save(fig, path)
+
+
+def _finish_roc_axes(ax, title: str) -> None:
+    """Chance diagonal, labels, square unit axes and the legend below: shared by both ROC figures."""
     ax.plot([0, 1], [0, 1], ":", color="#999999", lw=1, label="chance")
     ax.set_xlabel("False positive rate (1 − specificity)")
     ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title(f"ROC on the official Test set (n = {len(curves[0][1])})")
+    ax.set_title(title)
     ax.set_aspect("equal")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
-    return _save(fig, path)
 
 
 def mean_roc(folds: dict[int, Predictions], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -186,15 +191,7 @@ def roc_cv(groups: Sequence[tuple[str, dict[int, Predictions], str]], path: str 
                 label=f"{label}: AUC {np.mean(aucs):.3f} ± {sd:.3f} ({len(aucs)} of {expected_folds or len(aucs)} folds)")
         ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=colour, alpha=0.18,
                         label=f"{label}: ±1 std")
-    ax.plot([0, 1], [0, 1], ":", color="#999999", lw=1, label="chance")
-    ax.set_xlabel("False positive rate (1 − specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title("Mean cross-validation ROC (validation folds)")
-    ax.set_aspect("equal")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
+    _finish_roc_axes(ax, "Mean cross-validation ROC (validation folds)")
     return _save(fig, path)
 
 
