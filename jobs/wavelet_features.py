@@ -2,7 +2,7 @@
 
 MPI-parallel when started by an MPI launcher (``mpiexec -n N``, ``srun`` with N tasks); a plain process
 runs serially and does not import mpi4py. Settings come from the ``wavelet`` config section, overridden
-by ``--wavelet --level --keep-levels --mode --features --chunk-size --dtype``. The output is written
+by ``--wavelet --level --keep-levels --mode --features --chunk-size --dtype --engine``. The output is written
 atomically by rank 0, with its log beside it (``FEATURES.log``). When the output is already complete
 for the same settings and input, the job says so and returns. On any error, rank 0 prints one line
 and every rank exits non-zero.
@@ -79,7 +79,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", help="signal extension mode (wavelet.mode, default symmetric)")
     p.add_argument("--features", choices=("coeffs", "stats", "both"), help="feature sets (wavelet.features)")
     p.add_argument("--chunk-size", type=int, help="images per read/transform batch on each rank")
-    p.add_argument("--dtype", choices=("float64", "float32"), help="computing and storage precision")
+    p.add_argument("--dtype", choices=("float64", "float32"), help="storage precision (wavelet.dtype)")
+    p.add_argument("--engine", choices=("matrix", "pywt"),
+                   help="how the DWT is computed: matrix products (default) or PyWavelets (wavelet.engine)")
     p.add_argument("--force", action="store_true", help="recompute even if the output is complete")
     p.add_argument("--summary-json", metavar="FILE", help="also write the run summary (timings, ranks, "
                                                           "per-rank peak memory) to FILE (rank 0)")
@@ -88,7 +90,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 _FLAGS = {"wavelet": "wavelet.wavelet", "level": "wavelet.level", "keep_levels": "wavelet.keep_levels",
           "mode": "wavelet.mode", "features": "wavelet.features", "chunk_size": "wavelet.chunk_size",
-          "dtype": "wavelet.dtype"}
+          "dtype": "wavelet.dtype", "engine": "wavelet.engine"}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ Layout (format ``microcal-hpc-wavelet-features``, version 1)::
                        copied from the packed file in its order
     /test/...          the same for the official Test set
     root attrs: format, format_version, wavelet, level (as asked), effective_level,
-                boundary_free_max_level, keep_levels, mode, features, dtype, feature_sets,
+                boundary_free_max_level, keep_levels, mode, features, dtype, engine, feature_sets,
                 stats_names (JSON), coeffs_layout, image_shape, input_file, input_digest,
                 pywt_version, numpy_version, package_version, complete
 
@@ -50,6 +50,7 @@ def settings_attrs(wcfg, info, image_shape, feature_sets) -> dict:
         "mode": wcfg.mode,
         "features": wcfg.features,
         "dtype": wcfg.dtype,
+        "engine": wcfg.engine,
         "feature_sets": json.dumps(list(feature_sets)),
         "image_shape": np.asarray(image_shape, dtype=np.int64),
         "coeffs_layout": ("detail levels coarsest first (wavedec2 index level-j+1); per level H, V, D; "

@@ -224,7 +224,7 @@ def _cpu_seconds() -> float:
 
 def _describe_settings(wcfg) -> str:
     return (f"wavelet={wcfg.wavelet} level={wcfg.level} keep_levels={list(wcfg.keep_levels)} mode={wcfg.mode} "
-            f"features={wcfg.features} dtype={wcfg.dtype}")
+            f"features={wcfg.features} dtype={wcfg.dtype} engine={wcfg.engine}")
 
 
 def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=None, force: bool = False,
@@ -297,7 +297,8 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
                 "seconds": round(seconds, 3)}
 
     # 3. sizes of one feature row (from a one-image probe: same on every rank)
-    probe = wavedec2_batch(np.zeros((1,) + shape, np.uint8), wcfg.wavelet, info.effective, wcfg.mode, wcfg.dtype)
+    probe = wavedec2_batch(np.zeros((1,) + shape, np.uint8), wcfg.wavelet, info.effective, wcfg.mode, wcfg.dtype,
+                           wcfg.engine)
     widths = {}
     if "coeffs" in sets:
         widths["coeffs"] = coeff_feature_length(probe, keep)
@@ -341,10 +342,11 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
 
     # 5. rounds. Every rank: compute its piece (images read ahead), agree, Gatherv to rank 0. Rank 0 hands
     #    the gathered rows to a writer thread and goes on computing: the HDF5 write of round k overlaps the
-    #    computing of round k+1 (h5py releases the GIL while writing; PyWavelets while filtering). The
+    #    computing of round k+1 (h5py releases the GIL while writing; BLAS and PyWavelets while computing). The
     #    next piece is read before the write starts because h5py serialises its calls. A write error of
     #    round k is agreed on in round k+1 (or at the end).
     done, next_report = 0, progress_every
+    coeff_buffers = None
     timers = dict.fromkeys(("read", "compute", "wait", "gather", "write", "write_wait"), 0.0)
     writer = _BackgroundWriter(timers) if rank == 0 else None
     try:
@@ -355,7 +357,7 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
             with _capture(err):
                 if piece is not None and not err:
                     t = time.perf_counter()
-                    _features_into(images, wcfg, info.effective, keep, widths, sendbuf)
+                    coeff_buffers = _features_into(images, wcfg, info.effective, keep, widths, sendbuf, coeff_buffers)
                     timers["compute"] += time.perf_counter() - t
             if writer is not None:
                 writer.wait(err)  # rank 0's previous write: done, and its error (if any) joins this agreement
@@ -441,16 +443,21 @@ def _read_piece(packed, data: Path, piece: Piece, timers: dict, err: list) -> np
 
 
 def _features_into(images: np.ndarray, wcfg, level: int, keep: tuple[int, ...], widths: dict,
-                   out: np.ndarray) -> None:
-    """Decompose ``images`` once and write their feature rows (coeffs, then stats) into ``out[:len(images)]``."""
+                   out: np.ndarray, coeff_buffers: list | None = None) -> list:
+    """Decompose ``images`` once and write their feature rows (coeffs, then stats) into ``out[:len(images)]``.
+
+    Returns the coefficient arrays, to be passed back as ``coeff_buffers`` for the next piece (reused
+    when it has as many images).
+    """
     n = len(images)
-    coeffs = wavedec2_batch(images, wcfg.wavelet, level, wcfg.mode, wcfg.dtype)
+    coeffs = wavedec2_batch(images, wcfg.wavelet, level, wcfg.mode, wcfg.dtype, wcfg.engine, out=coeff_buffers)
     col = 0
     if "coeffs" in widths:
         coeff_features(coeffs, keep, out=out[:n, :widths["coeffs"]])
         col = widths["coeffs"]
     if "stats" in widths:
         out[:n, col:col + widths["stats"]] = stats_features(coeffs)
+    return coeffs
 
 
 class _BackgroundWriter:
