@@ -13,7 +13,8 @@
    Reported: wall time of the whole command (launch + imports + job) and of the job itself, peak
    memory (ru_maxrss) and CPU time of every rank as gathered by the job, and the parallel efficiency
    ``T(1) / (N * T(N))`` (job time and wall time) and ``CPU(1) / sum of CPU(N)`` (parallel overhead in
-   CPU work, insensitive to other processes). Each point is the best of ``--repeats`` runs (the minimum is the least
+   CPU work, insensitive to other processes). Every rank is bound to one core (``--bind-to core``), so
+   N ranks use N cores. Each point is the best of ``--repeats`` runs (the minimum is the least
    disturbed by other processes on shared cores).
 
 Targets (from the brief): >= 20,000 images/s per core for db5 level 4 on 60x60; 2-rank parallel
@@ -147,7 +148,7 @@ def _mpi_env() -> dict:
 
 
 def run_job(data: Path, out: Path, ranks: int, features: str, dtype: str, engine: str, chunk: int,
-            own_session: bool) -> dict:
+            own_session: bool, bind: bool = True) -> dict:
     """One timed ``mpiexec -n ranks ... wavelet-features`` run; returns wall time + the job's summary.
 
     ``own_session``: start every rank through ``setsid -w`` so that each rank is its own scheduling
@@ -157,7 +158,8 @@ def run_job(data: Path, out: Path, ranks: int, features: str, dtype: str, engine
     """
     summary = out.with_suffix(".json")
     prog = (["setsid", "-w"] if own_session else []) + [sys.executable, "-m", "microcal_hpc"]
-    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), "--oversubscribe", *prog, "wavelet-features",
+    binding = ["--bind-to", "core"] if bind else ["--bind-to", "none"]
+    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), "--oversubscribe", *binding, *prog, "wavelet-features",
            "--data", str(data), "--out", str(out), "--features", features, "--dtype", dtype, "--engine", engine,
            "--chunk-size", str(chunk), "--force", "--summary-json", str(summary)]
     t0 = time.perf_counter()
@@ -172,11 +174,11 @@ def run_job(data: Path, out: Path, ranks: int, features: str, dtype: str, engine
     return s
 
 
-PER_RANK_KEYS = ("compute", "read", "wait", "gather", "write", "write_wait", "cpu")
+PER_RANK_KEYS = ("compute", "read", "wait", "write", "write_wait", "cpu")
 
 
 def scaling(sizes: list[int], ranks: list[int], repeats: int, feature_sets: list[str], dtype: str, engine: str,
-            chunk: int, workdir: Path, own_session: bool) -> list[dict]:
+            chunk: int, workdir: Path, own_session: bool, bind: bool = True) -> list[dict]:
     """Best-of-``repeats`` job and wall times for every (feature setting, size, rank count)."""
     rows = []
     for n in sizes:
@@ -187,7 +189,7 @@ def scaling(sizes: list[int], ranks: list[int], repeats: int, feature_sets: list
         for features in feature_sets:
             for r in ranks:
                 runs = [run_job(data, workdir / f"features_{n}_{r}.h5", r, features, dtype, engine, chunk,
-                                own_session)
+                                own_session, bind)
                         for _ in range(repeats)]
                 best = min(runs, key=lambda s: s["seconds"])
                 row = {"features": features, "images": n, "ranks": r, "job_seconds": best["seconds"],
@@ -230,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default=None, choices=("matrix", "pywt"),
                    help="engine of the scaling runs (default: wavelet.engine of the config)")
     p.add_argument("--chunk-size", type=int, default=None, help="default: wavelet.chunk_size of the config")
+    p.add_argument("--no-bind", action="store_true",
+                   help="do not bind each rank to one core (then a 1-rank run also uses the other core "
+                        "for its writer thread, which flatters the 1-rank time)")
     p.add_argument("--same-session", action="store_true",
                    help="do not start ranks in their own session (see run_job)")
     p.add_argument("--workdir", help="folder for the temporary files (default: a new temp folder)")
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_wavelet_", dir=args.workdir) as tmp:
         rows = scaling([int(s) for s in args.sizes.split(",")], [int(r) for r in args.ranks.split(",")],
                        args.repeats, feature_sets, args.dtype, args.engine, args.chunk_size, Path(tmp),
-                       not args.same_session)
+                       not args.same_session, not args.no_bind)
     load_after = os.getloadavg()
 
     by = {(r["features"], r["images"], r["ranks"]): r for r in rows}
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": ("cores shared with other processes while measuring: times are upper bounds, rates lower bounds"
                  if max(load_before[0], load_after[0]) > 0.5 else "machine looked idle"),
         "settings": {"features": feature_sets, "dtype": args.dtype, "engine": args.engine, "chunk_size": args.chunk_size,
-                     "repeats": args.repeats, "ranks_in_own_session": not args.same_session},
+                     "repeats": args.repeats, "ranks_in_own_session": not args.same_session,
+                     "ranks_bound_to_one_core": not args.no_bind},
         "throughput_per_core": throughput,
         "scaling": rows,
         "peak_rss_mb_per_rank": rss,

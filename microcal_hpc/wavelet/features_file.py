@@ -61,6 +61,42 @@ def settings_attrs(wcfg, info, image_shape, feature_sets) -> dict:
     }
 
 
+def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], widths: dict[str, int],
+                  dtype: np.dtype) -> dict[tuple[str, str], int | None]:
+    """Create the features file at ``path`` with the metadata of ``packed`` and empty feature datasets.
+
+    The feature datasets are contiguous and allocated now but not filled (``widths``: feature set ->
+    values per image), so that the job's ranks can write their rows straight into the file. Returns the
+    byte offset of each ``(split, feature set)`` dataset (None for an empty one). Attributes are added
+    by :func:`finish` once every row is written.
+    """
+    import h5py
+
+    offsets = {}
+    with h5py.File(path, "w") as f:
+        for split in SPLITS:
+            g = f.create_group(split)
+            for name, width in widths.items():
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every byte is written by a rank
+                ds = g.create_dataset(name, shape=(counts[split], width), dtype=dtype, track_times=False, dcpl=dcpl)
+                offsets[(split, name)] = ds.id.get_offset()
+            for name in META_FIELDS:  # HDF5-level copies: no Python strings, O(1) memory
+                packed.copy(packed[split][name], g, name=name)
+    return offsets
+
+
+def finish(path: str | os.PathLike, attrs: dict) -> None:
+    """Add the settings attributes and the 'complete' flag to a features file whose rows are all written."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["complete"] = True
+
+
 def input_digest(packed: str | os.PathLike) -> str:
     """sha256 of what the features depend on in a packed file: image shape, ids, labels and pixel hashes.
 
