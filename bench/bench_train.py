@@ -97,7 +97,8 @@ def _run_naive(data: str, epochs: int, seed: int) -> dict:
     t_idx, v_idx = train_validation_indices(tr, "group", seed, None, 5, 0.2)
     x = tr.images[..., None].astype("float32") / 255.0
     y = tr.labels.astype("float32")
-    cfg = TrainConfig(seed=seed, epochs=epochs, mixed_precision="none")  # the reference is float32
+    # the reference: float32, one step per call (plain Keras)
+    cfg = TrainConfig(seed=seed, epochs=epochs, mixed_precision="none", steps_per_execution=1)
     model = build_model(x.shape[1:], cfg)
     compile_model(model, tf.keras.optimizers.Adam(cfg.learning_rate), cfg)
 

@@ -79,7 +79,10 @@ def build_model(input_shape: tuple[int, int, int], train: TrainConfig):
 
 
 def compile_model(model, optimizer, train: TrainConfig) -> None:
-    """Compile with binary cross-entropy, accuracy and AUC (XLA when ``train.jit_compile``)."""
+    """Compile with binary cross-entropy, accuracy and AUC (XLA when ``train.jit_compile``).
+
+    ``train.steps_per_execution`` training steps run per call into TensorFlow.
+    """
     import tensorflow as tf
 
     model.compile(
@@ -87,4 +90,5 @@ def compile_model(model, optimizer, train: TrainConfig) -> None:
         loss=tf.keras.losses.BinaryCrossentropy(),
         metrics=[tf.keras.metrics.BinaryAccuracy(name="accuracy"), tf.keras.metrics.AUC(name="auc")],
         jit_compile=bool(train.jit_compile),
+        steps_per_execution=int(train.steps_per_execution),
     )

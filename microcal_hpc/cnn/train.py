@@ -41,7 +41,7 @@ TIME_KEYS = ("epoch_seconds", "train_seconds", "images_per_second")
 # Test hook: when set (to anything), every rank logs the training-image indices it consumed per epoch.
 SHARD_LOG_ENV = "MICROCAL_DEBUG_SHARDS"
 # settings that may change between a run and its resumption
-_RESUMABLE_CHANGES = ("epochs", "stop_after_epoch")
+_RESUMABLE_CHANGES = ("epochs", "stop_after_epoch", "steps_per_execution")  # none changes the model
 
 log = get_logger("cnn.train")
 
@@ -336,6 +336,10 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, sta
     if train.jit_compile and ctx.size > 1:
         log.warning("train.jit_compile ignored with %d ranks: Horovod's collective ops are not XLA-compiled", ctx.size)
         train = dataclasses.replace(train, jit_compile=False)
+        cfg = dataclasses.replace(cfg, train=train)
+    if train.steps_per_execution > 1 and ctx.size > 1:
+        # Horovod's broadcast and warm-up callbacks act per batch
+        train = dataclasses.replace(train, steps_per_execution=1)
         cfg = dataclasses.replace(cfg, train=train)
     _set_determinism(train)
     d = _load_data(data, train)

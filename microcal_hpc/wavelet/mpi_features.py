@@ -342,10 +342,10 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
                              f"writing ({e.strerror or e}); is the output folder shared by all nodes?") from None
 
     # 5. rounds. Every rank computes its k-th piece (the next piece is read ahead) and hands the rows to
-    #    its writer thread, which puts them at their offsets
-    #    in the output (os.pwrite: one contiguous byte range per feature set, never overlapping another
-    #    rank's) while the rank computes round k+1 (BLAS, PyWavelets and pwrite release the GIL). Ranks
-    #    agree on errors every ``agree_every`` rounds and at the end; a failed rank computes nothing more.
+    #    its writer thread, which puts them at their offsets in the output (os.pwrite: one contiguous
+    #    byte range per feature set, never overlapping another rank's) while the rank computes round k+1
+    #    (BLAS, PyWavelets and pwrite release the GIL). Ranks agree on errors every ``agree_every``
+    #    rounds and at the end; a failed rank computes nothing more.
     done, next_report = 0, progress_every
     coeff_buffers = None
     # agreeing after every piece would make each rank wait for the other's jitter every ~15 ms (0.3 s per
