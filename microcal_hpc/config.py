@@ -71,7 +71,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine | plateau
     jit_compile: bool = False  # XLA
     # none | bfloat16 | auto (bfloat16 where the hardware has native bf16: Ampere+ GPUs, CPUs with
-    # AVX512_BF16/AMX; float32 elsewhere). bench/bench_train.py: 1.55x the float32 speed, same AUC.
+    # AVX512_BF16/AMX; float32 elsewhere). bench/bench_train.py: 1.5x the float32 speed, same AUC.
     mixed_precision: str = "auto"
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism
     # training steps per call into TensorFlow (Keras steps_per_execution): fewer Python round trips,
