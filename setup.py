@@ -14,6 +14,7 @@ setup(
         "h5py>=3.10",
         "PyWavelets>=1.6",
         "scikit-learn>=1.4",
+        "threadpoolctl>=3.1",
         "submitit>=1.5",
         "mpi4py>=4.0",
         "matplotlib>=3.8",
