@@ -8,7 +8,8 @@ import pytest
 import pywt
 
 from microcal_hpc.wavelet.matrix_dwt import TILE, wavedec2_matrix
-from microcal_hpc.wavelet.transform import WaveletFeatures, WaveletSettingsError, extract_features, wavedec2_batch
+from microcal_hpc.wavelet.estimator import WaveletFeatures
+from microcal_hpc.wavelet.transform import WaveletSettingsError, extract_features, wavedec2_batch
 
 
 def _bands(coeffs: list) -> list[np.ndarray]:

@@ -10,7 +10,8 @@ import pywt
 from scipy import stats as sstats
 
 from microcal_hpc.synthetic import synthetic_patch
-from microcal_hpc.wavelet.transform import (WaveletFeatures, WaveletSettingsError, check_keep_levels, coeff_features,
+from microcal_hpc.wavelet.estimator import WaveletFeatures
+from microcal_hpc.wavelet.transform import (WaveletSettingsError, check_keep_levels, coeff_features,
                                             detail_index, extract_features, resolve_level, stats_feature_names,
                                             stats_features, wavedec2_batch)
 
