@@ -102,29 +102,23 @@ def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
     out: dict = {"images": n_images, "loop_images": loop_images, "wavelet": "db5", "level": 4, "shape": [60, 60]}
     for dtype in ("float64", "float32"):
         res = {}
+        def batched(chunk: int, engine: str, *consumers):
+            def run():
+                coeffs = None
+                for a in range(0, n_images, chunk):
+                    coeffs = wavedec2_batch(images[a:a + chunk], "db5", 4, "symmetric", dtype, engine, out=coeffs)
+                    for consume in consumers:
+                        consume(coeffs)
+            return run
+
+        def coeff_rows(coeffs):
+            coeff_features(coeffs, (4, 3, 2))
+
         for engine in ENGINES:
             for chunk in (256, 512, 2048):
-                def decompose(chunk=chunk, engine=engine):
-                    coeffs = None
-                    for a in range(0, n_images, chunk):
-                        coeffs = wavedec2_batch(images[a:a + chunk], "db5", 4, "symmetric", dtype, engine, out=coeffs)
-
-                def coeffs_only(chunk=chunk, engine=engine):
-                    coeffs = None
-                    for a in range(0, n_images, chunk):
-                        coeffs = wavedec2_batch(images[a:a + chunk], "db5", 4, "symmetric", dtype, engine, out=coeffs)
-                        coeff_features(coeffs, (4, 3, 2))
-
-                def features(chunk=chunk, engine=engine):
-                    coeffs = None
-                    for a in range(0, n_images, chunk):
-                        coeffs = wavedec2_batch(images[a:a + chunk], "db5", 4, "symmetric", dtype, engine, out=coeffs)
-                        coeff_features(coeffs, (4, 3, 2))
-                        stats_features(coeffs)
-
-                res[f"{engine}_chunk{chunk}_decompose"] = _rate(decompose, n_images, repeats)
-                res[f"{engine}_chunk{chunk}_coeffs"] = _rate(coeffs_only, n_images, repeats)
-                res[f"{engine}_chunk{chunk}_coeffs_and_stats"] = _rate(features, n_images, repeats)
+                for what, consumers in (("decompose", ()), ("coeffs", (coeff_rows,)),
+                                        ("coeffs_and_stats", (coeff_rows, stats_features))):
+                    res[f"{engine}_chunk{chunk}_{what}"] = _rate(batched(chunk, engine, *consumers), n_images, repeats)
 
         def loop():
             with warnings.catch_warnings():
