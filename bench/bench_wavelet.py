@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", default="both,stats",
                    help="feature settings of the scaling runs: both (2,495 values per image: a 2 GB output at "
                         "100k) and stats (65 values: the same decomposition, little to write)")
-    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    p.add_argument("--dtype", default=None, choices=("float64", "float32"),
+                   help="storage precision of the scaling runs (default: wavelet.dtype of the config)")
     p.add_argument("--engine", default=None, choices=("matrix", "pywt"),
                    help="engine of the scaling runs (default: wavelet.engine of the config)")
     p.add_argument("--chunk-size", type=int, default=None, help="default: wavelet.chunk_size of the config")
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.chunk_size is None:
         args.chunk_size = WaveletConfig().chunk_size
     args.engine = args.engine or WaveletConfig().engine
+    args.dtype = args.dtype or WaveletConfig().dtype
     feature_sets = [f.strip() for f in args.features.split(",") if f.strip()]
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     rank_counts = sorted({x["ranks"] for x in rows})
     rss = {fs: {f"{n}_images": {str(r): by[(fs, n, r)]["peak_rss_mb_per_rank"] for r in rank_counts} for n in sizes}
            for fs in feature_sets}
-    engine = WaveletConfig().engine  # the default setting is what has to meet the target
+    engine, dtype = WaveletConfig().engine, WaveletConfig().dtype  # the default setting has to meet the target
     best_core = {d: max(throughput[d][k]["cpu"] for k in throughput[d] if k.startswith(f"{engine}_chunk")
                         and k.endswith("decompose")) for d in ("float64", "float32")}
     best_coeffs = {d: max(throughput[d][k]["cpu"] for k in throughput[d] if k.startswith(f"{engine}_chunk")
@@ -283,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_second_per_core >= 20000 (default engine, best batched chunk, per CPU-second)": {
                 "engine": engine, "decomposition": best_core, "coeffs_features": best_coeffs,
                 "coeffs_and_stats_features": best_features,
-                "met": {"decomposition": best_core["float64"] >= 20000,
-                        "coeffs_features": best_coeffs["float64"] >= 20000,
-                        "coeffs_and_stats_features": best_features["float64"] >= 20000}},
+                "default_dtype": dtype,
+                "met": {"decomposition": best_core[dtype] >= 20000,
+                        "coeffs_features": best_coeffs[dtype] >= 20000,
+                        "coeffs_and_stats_features": best_features[dtype] >= 20000}},
             f"2-rank efficiency >= 0.85 at {big} images": {
                 "value": efficiency,
                 "met": {fs: (e["efficiency_job"] or 0) >= 0.85 for fs, e in efficiency.items()}},

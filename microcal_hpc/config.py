@@ -133,7 +133,10 @@ class WaveletConfig:
     # images per read/transform batch on each rank; 256-512 run fastest (the arrays of larger batches
     # exceed malloc's reuse threshold: fresh pages every batch, 1.6x the CPU time at 2048; bench_wavelet.py)
     chunk_size: int = 256
-    dtype: str = "float64"  # float64 (PyWavelets' default for 8-bit images) | float32 (half the size)
+    # float32 (default: 7 significant digits, far beyond 8-bit input; half the file and the I/O, which
+    # bounds the 2-rank efficiency at 100k images) | float64 (PyWavelets' precision). The matrix engine
+    # computes in float64 either way and rounds; the sub-band statistics are computed in this precision.
+    dtype: str = "float32"
     # matrix: each level as dense matrix products over tiles of 32 images (about 2x PyWavelets' speed,
     # 1e-15 relative difference) | pywt: PyWavelets itself (microcal_hpc/wavelet/transform.py)
     engine: str = "matrix"

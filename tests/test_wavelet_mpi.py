@@ -94,7 +94,7 @@ def test_two_ranks_write_the_same_bytes_as_one(packed_real, tmp_path):
     assert data["/train/coeffs"].shape == (636, 2430) and data["/test/stats"].shape == (161, 65)
     assert list(data["/train/ids"].astype(str)) == list(train.ids)
     assert np.array_equal(data["/train/labels"], train.labels)
-    ref = extract_features(train.images[:5], feature_sets=("coeffs", "stats"))
+    ref = extract_features(train.images[:5], feature_sets=("coeffs", "stats"), dtype=cfg.wavelet.dtype)
     assert np.array_equal(data["/train/coeffs"][:5], ref["coeffs"])
     assert np.array_equal(data["/train/stats"][:5], ref["stats"])
     assert data["@effective_level"] == 4 and data["@boundary_free_max_level"] == 2
