@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-images", type=int, default=20000)
     p.add_argument("--loop-images", type=int, default=3000)
     p.add_argument("--features", default="both,stats",
-                   help="feature settings of the scaling runs: both (2,495 values per image: a 2 GB output at "
-                        "100k) and stats (65 values: the same decomposition, little to write)")
+                   help="feature settings of the scaling runs: both (2,495 values per image: 1 GB written at "
+                        "100k in float32) and stats (65 values: the same decomposition, little to write)")
     p.add_argument("--dtype", default=None, choices=("float64", "float32"),
                    help="storage precision of the scaling runs (default: wavelet.dtype of the config)")
     p.add_argument("--engine", default=None, choices=("matrix", "pywt"),
