@@ -48,6 +48,20 @@ def test_an_image_gets_the_same_bits_wherever_it_sits_in_a_batch():
         assert all(np.array_equal(w[i:i + 1], s) for w, s in zip(whole, single)), i
 
 
+def test_first_slot_pins_each_image_to_the_tile_slot_of_its_index():
+    from microcal_hpc.wavelet import matrix_dwt
+
+    images = _random_images(3 * TILE, seed=6)
+    whole = _bands(wavedec2_matrix(images, "db5", 4))
+    for a, b in ((0, 7), (7, TILE + 3), (TILE + 3, 3 * TILE)):  # uneven batches, told their first index
+        part = _bands(wavedec2_matrix(images[a:b], "db5", 4, first_slot=a))
+        assert all(np.array_equal(w[a:b], p) for w, p in zip(whole, part)), (a, b)
+    # the mechanism: 2 images from index TILE - 1 fill the last slot of one tile and the first of the next
+    wavedec2_matrix(images[:2], "db5", 4, first_slot=TILE - 1)
+    last_tile = matrix_dwt._plan((60, 60), "db5", 4, "symmetric").tile
+    assert np.array_equal(last_tile[0], images[1].T) and not last_tile[1:].any()
+
+
 def test_float32_output_is_the_float64_result_rounded():
     images = _random_images(40, seed=2)
     f64, f32 = wavedec2_matrix(images, "db5", 4), wavedec2_matrix(images, "db5", 4, dtype="float32")

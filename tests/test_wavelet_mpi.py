@@ -70,6 +70,25 @@ def test_rank_pieces_cover_every_image_once(total, size, chunk):
     assert max(b - a for a, b in slices) - min(b - a for a, b in slices) <= 1  # balanced
 
 
+@pytest.mark.parametrize("total, size", [(797, 2), (797, 3), (100_000, 2), (100_000, 5), (40, 3)])
+def test_tile_aligned_rank_slices_start_on_a_tile_of_their_split(total, size):
+    counts = {"train": total * 4 // 5, "test": total - total * 4 // 5}
+    slices = rank_slices(counts, size, align=32)
+    assert slices[0][0] == 0 and slices[-1][1] == total
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))  # contiguous
+    seen = {"train": [], "test": []}
+    for r in range(size):
+        pieces = rank_pieces(counts, size, r, 256, align=32)
+        for p in pieces:
+            seen[p.split] += list(range(p.start, p.stop))
+        if pieces:
+            assert pieces[0].start % 32 == 0  # index within its split
+            assert all(p.start % 32 == 0 for p in pieces)
+    assert seen == {s: list(range(counts[s])) for s in seen}
+    if total >= 32 * size * 4:  # each end moves by at most half a tile: a slice is within a tile of its share
+        assert all(abs((b - a) - total / size) <= 32 + 1 for a, b in slices)
+
+
 @pytest.mark.realdata
 @pytest.mark.mpi
 @pytest.mark.slow

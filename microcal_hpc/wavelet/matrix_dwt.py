@@ -10,13 +10,14 @@ Images are processed in tiles of :data:`TILE` images. Each pass is ONE matrix pr
 tile (``(TILE*rows, cols) @ W^T``), which BLAS runs near its peak, where PyWavelets filters one short row
 at a time (see :class:`_Level` for how the transpositions are kept to a minimum).
 
-Reproducibility: every product has the same shape (the last tile is zero-padded to :data:`TILE`), lives
-in the same aligned buffers, and is computed in float64 with BLAS limited to one thread, so an image's
-coefficients do not depend on which other images share its tile or where it sits in it: the features are
-bit-identical whatever the batch size, chunking or number of MPI ranks. This holds for one BLAS build on
-one CPU type (OpenBLAS chooses kernels per CPU); a test checks it on the machine that runs the tests.
-float32 products are NOT position-independent in OpenBLAS, which is why float32 output is computed in
-float64 and rounded.
+Reproducibility: every product has the same shape (partial tiles are zero-padded to :data:`TILE`), lives
+in the same aligned buffers and runs with BLAS limited to one thread, so an image's coefficients do not
+depend on the other images in its tile. They could still depend on the tile slot the image sits in, if
+the BLAS rounds rows differently by position. OpenBLAS's float32 products do that on this machine. Its
+float64 products do not: an image gets the same bits in any slot, as a test checks on the machine that
+runs the tests. So the computation is done in float64 (float32 output is rounded from it). On top of
+that, ``first_slot`` pins every image to the slot given by its index. The MPI job uses it, so the
+features are bit-identical for any chunking and number of ranks, with any BLAS.
 """
 from __future__ import annotations
 
@@ -76,9 +77,9 @@ class _Level:
         self.yt[...] = self.y.transpose(0, 2, 1)
         np.matmul(self.yt.reshape(TILE * kh, w), self.w2, out=self.r.reshape(TILE * kh, kw))
 
-    def bands(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Views of (cA, cH, cV, cD) of the first ``b`` images of the tile."""
-        r, mh, mw = self.r[:b], self.mh, self.mw
+    def bands(self, slots: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Views of (cA, cH, cV, cD) of the images in tile ``slots``."""
+        r, mh, mw = self.r[slots], self.mh, self.mw
         return r[:, :mh, :mw], r[:, mh:, :mw], r[:, :mh, mw:], r[:, mh:, mw:]
 
     def approximation(self) -> np.ndarray:
@@ -130,14 +131,17 @@ def _reusable(out: list | None, shapes: list, dtype: np.dtype) -> bool:
 
 
 def wavedec2_matrix(images: np.ndarray, wavelet: str, level: int, mode: str = "symmetric",
-                    dtype: str = "float64", out: list | None = None) -> list:
+                    dtype: str = "float64", out: list | None = None, first_slot: int = 0) -> list:
     """``pywt.wavedec2(images, wavelet, mode, level, axes=(-2, -1))`` of ``images`` (N, H, W) by matrix products.
 
     Same list layout as PyWavelets (``[cA_n, (cH_n, cV_n, cD_n), ..., (cH_1, cV_1, cD_1)]``), arrays of
     ``dtype`` (computed in float64). ``out``: the result of an earlier call for as many images of the same
     size, whose arrays are overwritten and returned (saves allocating fresh pages for every batch, about
-    a third of the time at 256 images); any other value is ignored. Settings are not validated here
-    (see ``transform.resolve_level``).
+    a third of the time at 256 images); any other value is ignored. ``first_slot``: the tile slot of
+    ``images[0]``; image ``i`` is computed in slot ``(first_slot + i) % TILE``. Callers that give each
+    image its index in a fixed numbering (the MPI job: the index within its split) compute every image
+    in the same slot whatever the batching, so the bits cannot depend on it even with a BLAS whose
+    rounding depends on the row. Settings are not validated here (see ``transform.resolve_level``).
     """
     x = np.asarray(images)
     if x.ndim != 3:
@@ -150,20 +154,22 @@ def wavedec2_matrix(images: np.ndarray, wavelet: str, level: int, mode: str = "s
         out = [np.empty(shapes[0], dt)] + [tuple(np.empty((n, lv.mh, lv.mw), dt) for _ in range(3))
                                            for lv in reversed(plan.levels)]
     details = out[1:][::-1]  # finest level first, as the plan runs
+    lead = int(first_slot) % TILE
     with _one_blas_thread():
-        for start in range(0, n, TILE):
-            b = min(TILE, n - start)
+        for tile_start in range(-lead, n, TILE):  # images tile_start .. tile_start + TILE - 1
+            lo, hi = max(tile_start, 0), min(tile_start + TILE, n)
+            slots = slice(lo - tile_start, hi - tile_start)
             tile = plan.tile
-            tile[:b] = x[start:start + b].transpose(0, 2, 1)
-            if b < TILE:
-                tile[b:] = 0.0
+            tile[:slots.start] = 0.0
+            tile[slots] = x[lo:hi].transpose(0, 2, 1)
+            tile[slots.stop:] = 0.0
             for lv, bands in zip(plan.levels, details):
                 lv.run(tile)
-                cA, cH, cV, cD = lv.bands(b)
+                cA, cH, cV, cD = lv.bands(slots)
                 for dst, src in zip(bands, (cH, cV, cD)):
-                    dst[start:start + b] = src
+                    dst[lo:hi] = src
                 if lv is last:
-                    out[0][start:start + b] = cA
+                    out[0][lo:hi] = cA
                 else:
                     tile = lv.approximation()
     return out

@@ -215,12 +215,13 @@ def check_engine(engine: str) -> str:
 
 
 def wavedec2_batch(images: np.ndarray, wavelet: str, level: int, mode: str = "symmetric",
-                   dtype: str = "float64", engine: str = "matrix", out: list | None = None) -> list:
+                   dtype: str = "float64", engine: str = "matrix", out: list | None = None,
+                   first_slot: int = 0) -> list:
     """``pywt.wavedec2`` over the last two axes of ``images`` (N, H, W), as ``dtype`` arrays.
 
     ``engine``: ``matrix`` (matrix products, computed in float64) or ``pywt`` (PyWavelets, computed in
     ``dtype``). ``out``: an earlier result for as many images of the same size, reused by the matrix
-    engine to save allocations. Validate settings with :func:`resolve_level` first; PyWavelets' "level
+    engine to save allocations; ``first_slot``: see ``matrix_dwt.wavedec2_matrix``. Validate settings with :func:`resolve_level` first; PyWavelets' "level
     too high" warning is silenced here (resolve_level reports the setting once).
     """
     import pywt
@@ -231,7 +232,7 @@ def wavedec2_batch(images: np.ndarray, wavelet: str, level: int, mode: str = "sy
     if check_engine(engine) == "matrix":
         from microcal_hpc.wavelet.matrix_dwt import wavedec2_matrix
 
-        return wavedec2_matrix(x, wavelet, level, mode, dtype, out=out)
+        return wavedec2_matrix(x, wavelet, level, mode, dtype, out=out, first_slot=first_slot)
     x = x.astype(dtype, copy=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TOO_HIGH, category=UserWarning)
