@@ -8,7 +8,7 @@ measures the fixed cost of a step (op dispatch, optimizer, casts).
     python bench/profile_train_step.py --out bench/results/train_step.json
     python bench/profile_train_step.py --batches 1 32 --steps 100
 
-For a per-kernel breakdown run one variant with ``ONEDNN_VERBOSE=1`` (``--one bf16``) and sum the
+For a per-kernel breakdown run one variant with ``ONEDNN_VERBOSE=1`` (``--one bfloat16 --steps 20``) and sum the
 ``exec`` lines' times by primitive.
 """
 from __future__ import annotations
