@@ -240,12 +240,17 @@ def test_rerun_is_up_to_date_force_rebuilds_and_changes_repack(tmp_path):
     assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.timeout(60)
-def test_failed_pack_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+def _packed_small_tree(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A small tree packed to tmp_path/packed.h5: (tree root, packed file, its bytes)."""
     root = raw_pgm_tree(tmp_path / "tree", 3, shape=(10, 10))
     out = tmp_path / "packed.h5"
     pack_tree(root, out, DataConfig())
-    old = out.read_bytes()
+    return root, out, out.read_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_failed_pack_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    root, out, old = _packed_small_tree(tmp_path)
     ino = out.stat().st_ino
     # the last file in pack order is damaged: the failure happens after most images were written
     (root / "Test" / "1" / "zzzz.pgm").write_bytes(b"P5\n10 10\n255\n" + bytes(50))
@@ -260,10 +265,7 @@ def test_failed_pack_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_sigterm_during_pack_removes_the_temporary_and_keeps_the_old_file(tmp_path):
-    root = raw_pgm_tree(tmp_path / "tree", 3, shape=(10, 10))
-    out = tmp_path / "packed.h5"
-    pack_tree(root, out, DataConfig())
-    old = out.read_bytes()
+    root, out, old = _packed_small_tree(tmp_path)
     fifo = root / "Test" / "1" / "zzzz.pgm"
     os.mkfifo(fifo)  # the pack blocks reading it: a deterministic "still writing" state
     proc = subprocess.Popen([sys.executable, "-m", "microcal_hpc", "pack", "--data", str(root), "--out", str(out),
