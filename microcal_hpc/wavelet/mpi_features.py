@@ -79,9 +79,6 @@ class SerialComm:
     def bcast(self, value, root=0):
         return value
 
-    def Barrier(self) -> None:
-        pass
-
 
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS")
 
