@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.naming import namer_from_config
-from data_prep.readers import IMAGE_EXTENSIONS, decode_image, pixel_hash
+from data_prep.readers import decode_image, is_image_name, pixel_hash, read_bytes
 from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
 from microcal_hpc.dataset import FORMAT_NAME, FORMAT_VERSION
 from microcal_hpc.errors import InputError, Terminated
@@ -103,7 +103,7 @@ def _scan_split(root: Path, folder: str, skipped: list[str]) -> list[tuple[str, 
             continue
         if entry.is_dir():
             raise InputError(f"{split_dir / entry.name}: unexpected class folder (only 0 and 1 are allowed)")
-        if _has_image_extension(entry.name):
+        if is_image_name(entry.name):
             raise InputError(f"{split_dir / entry.name}: image outside a class folder (expected {folder}/0 or {folder}/1)")
         skipped.append(f"{folder}/{entry.name}")
     files: list[tuple[str, int]] = []
@@ -116,13 +116,11 @@ def _scan_split(root: Path, folder: str, skipped: list[str]) -> list[tuple[str, 
         n_before = len(files)
         for entry in _listdir(class_dir):
             rel = f"{folder}/{label_name}/{entry.name}"
-            if entry.name.startswith(".") or not _has_image_extension(entry.name):
-                if entry.is_dir() and not entry.name.startswith("."):
-                    raise InputError(f"{root / rel}: unexpected folder inside a class folder")
+            if entry.is_dir() and not entry.name.startswith("."):
+                raise InputError(f"{root / rel}: unexpected folder inside a class folder")
+            if not is_image_name(entry.name):  # hidden entries and other files
                 skipped.append(rel)
                 continue
-            if entry.is_dir():
-                raise InputError(f"{root / rel}: unexpected folder inside a class folder")
             key = os.path.splitext(entry.name)[0].lower()
             if key in seen:
                 raise InputError(f"{root / rel}: same image id as {root / seen[key]} "
@@ -133,10 +131,6 @@ def _scan_split(root: Path, folder: str, skipped: list[str]) -> list[tuple[str, 
             raise InputError(f"{class_dir}: class folder holds no images")
     files.sort()
     return files
-
-
-def _has_image_extension(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,20 +157,12 @@ def inputs_digest(pairs, data_cfg) -> str:
     return h.hexdigest()
 
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read file ({e.strerror or e})") from None
-
-
 def _hash_files(scan: TreeScan):
     """(id, sha256) of every image file in pack order, without decoding."""
     root = str(scan.root)
     for split in SPLIT_FOLDERS:
         for rel, _ in scan.files[split]:
-            yield rel, hashlib.sha256(_read_bytes(os.path.join(root, rel))).hexdigest()
+            yield rel, hashlib.sha256(read_bytes(os.path.join(root, rel))).hexdigest()
 
 
 def _existing_digest(out: Path) -> str | None:
@@ -284,7 +270,7 @@ def _write_packed(scan: TreeScan, tmp: Path, data_cfg, show_progress: bool) -> d
                 values: dict[str, list[str]] = {name: [] for name in STRING_FIELDS}
                 for j, (rel, _) in enumerate(batch):
                     path = os.path.join(root, rel)
-                    data = _read_bytes(path)
+                    data = read_bytes(path)
                     img = decode_image(data, path)
                     if shape is None:
                         shape, first_path = img.shape, path

@@ -104,14 +104,18 @@ def _decode_with_pillow(data: bytes, name: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read and decode one image file into ``uint8 (H, W)``."""
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of one file; InputError naming the file if it cannot be read."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except OSError as e:
         raise InputError(f"{path}: cannot read file ({e.strerror or e})") from None
-    return decode_image(data, path)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read and decode one image file into ``uint8 (H, W)``."""
+    return decode_image(read_bytes(path), path)
 
 
 def pixel_hash(image: np.ndarray) -> str:
