@@ -43,7 +43,7 @@ import numpy as np
 from data_prep.naming import namer_from_config
 from data_prep.readers import decode_image, is_image_name, pixel_hash, read_bytes
 from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
-from microcal_hpc.dataset import FORMAT_NAME, FORMAT_VERSION
+from microcal_hpc.dataset import FORMAT_NAME, FORMAT_VERSION, open_packed
 from microcal_hpc.errors import InputError, Terminated
 from microcal_hpc.joblog import get_logger
 
@@ -167,15 +167,11 @@ def _hash_files(scan: TreeScan):
 
 def _existing_digest(out: Path) -> str | None:
     """The ``inputs_sha256`` of an existing packed file, or None if it is not a readable packed file."""
-    import h5py
-
     try:
-        with h5py.File(out, "r") as f:
-            if f.attrs.get("format") != FORMAT_NAME or int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-                return None
+        with open_packed(out) as f:
             value = f.attrs.get("inputs_sha256")
             return str(value) if value is not None else None
-    except (OSError, ValueError):
+    except (InputError, OSError, ValueError):
         return None
 
 
