@@ -97,12 +97,14 @@ def evaluate(make_model: Callable, X_train: np.ndarray, meta_train: Split, X_tes
     tasks = [(X_train[tr], y[tr], X_train[va]) for tr, va in folds] + [(X_train, y, X_test)]
     labels = [f"fold {k + 1}/{len(folds)}" for k in range(len(folds))] + ["final fit on Train -> Test"]
     jobs = (delayed(_fit_and_score)(make_model, *t) for t in tasks)
-    results = []
+    results, per_fold = [], []
     for i, res in enumerate(Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
         results.append(res)
         if i < len(folds):
             va = folds[i][1]
             m = binary_metrics(y[va], res[0])
+            m["fold"] = i
+            per_fold.append(m)
             log.info("%s: %s: AUC %.4f, accuracy %.3f (%d images, fit+score %.1f s)", name, labels[i], m["auc"],
                      m["accuracy"], len(va), res[3])
         else:
@@ -110,13 +112,9 @@ def evaluate(make_model: Callable, X_train: np.ndarray, meta_train: Split, X_tes
 
     val_score = np.full(len(y), np.nan)
     val_fold = np.full(len(y), -1, dtype=np.int64)
-    per_fold = []
     for k, ((_, va), res) in enumerate(zip(folds, results)):
         val_score[va] = res[0]
         val_fold[va] = k
-        m = binary_metrics(y[va], res[0])
-        m["fold"] = k
-        per_fold.append(m)
     if np.isnan(val_score).any():
         raise ValueError("the folds do not cover every Train image")
     test_score = results[-1][0]
