@@ -9,6 +9,14 @@ from pathlib import Path
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
 
+def file_handler(log_file: str | os.PathLike) -> logging.FileHandler:
+    """A handler appending job log lines (time, level, logger, message) to ``log_file``; creates its folder."""
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    return handler
+
+
 def setup_job_logging(log_file: str | os.PathLike | None, name: str = "microcal", level: int = logging.INFO,
                       console: bool = True) -> logging.Logger:
     """Route the ``microcal`` logger hierarchy to ``log_file`` (appended) and to stderr.
@@ -22,12 +30,8 @@ def setup_job_logging(log_file: str | os.PathLike | None, name: str = "microcal"
         h.close()
     root.setLevel(level)
     root.propagate = False
-    fmt = logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
+        root.addHandler(file_handler(log_file))
     if console:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))

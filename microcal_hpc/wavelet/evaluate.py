@@ -25,6 +25,7 @@ import numpy as np
 
 from microcal_hpc.atomic import atomic_path, write_json
 from microcal_hpc.dataset import Split
+from microcal_hpc.joblog import file_handler
 from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci, summarize
 from microcal_hpc.splits import cv_folds, split_groups
 from microcal_hpc.wavelet.classifiers import score_kind, scores
@@ -193,10 +194,7 @@ def write_outputs(job_dir: str | os.PathLike, ev: Evaluation, meta_train: Split,
 def job_log_file(path: str | os.PathLike):
     """Copy the ``microcal`` log lines to ``path`` (appended) while the block runs."""
     root = logging.getLogger("microcal")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s",
-                                           datefmt="%Y-%m-%d %H:%M:%S"))
+    handler = file_handler(path)
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
