@@ -15,16 +15,7 @@ from pathlib import Path
 
 from microcal_hpc.cli import CV_FLAGS, add_config_arguments, add_cv_arguments, config_from_args
 
-BASELINE_NAME = "greylevel-rf"
-
-
-def make_greylevel_rf(seed: int = 0):
-    """The baseline model: a 500-tree Random Forest (features are already global statistics)."""
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.pipeline import Pipeline
-
-    return Pipeline([("rf", RandomForestClassifier(n_estimators=500, max_features="sqrt", n_jobs=1,
-                                                   random_state=seed))])
+from microcal_hpc.launcher.plan import BASELINE_NAME
 
 
 def baseline_job(cfg, data: str, run_dir: str, force: bool = False) -> str:
@@ -34,6 +25,7 @@ def baseline_job(cfg, data: str, run_dir: str, force: bool = False) -> str:
     from microcal_hpc.dataset import load_split
     from microcal_hpc.greylevel import GREYLEVEL_NAMES, greylevel_features
     from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.wavelet.classifiers import make_classifier
     from microcal_hpc.wavelet.evaluate import run_model_job, shared_folds
     from microcal_hpc.wavelet.features_file import input_digest
 
@@ -45,7 +37,8 @@ def baseline_job(cfg, data: str, run_dir: str, force: bool = False) -> str:
     log.info("grey-level baseline on %s: %d Train / %d Test patches, features: %s", data, len(train), len(test),
              ", ".join(GREYLEVEL_NAMES))
     folds = shared_folds(train, cc.folds, cc.group_by, cc.seed)
-    return run_model_job(job_dir, partial(make_greylevel_rf, cc.seed), X_train, train, X_test, test, cfg,
+    # the model: the wavelet arm's random forest (500 trees; the features are already global statistics)
+    return run_model_job(job_dir, partial(make_classifier, "rf", cc.seed), X_train, train, X_test, test, cfg,
                          arm="baseline", model=BASELINE_NAME, feature_set=None, folds=folds, n_folds=cc.folds,
                          group_by=cc.group_by, seed=cc.seed, n_jobs=cc.n_jobs, log_name="baseline.log",
                          inputs={"input_digest": input_digest(data), "features": list(GREYLEVEL_NAMES)},

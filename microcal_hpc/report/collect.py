@@ -20,6 +20,7 @@ import yaml
 
 from microcal_hpc.config import Config
 from microcal_hpc.errors import InputError
+from microcal_hpc.launcher.plan import BASELINE_NAME
 
 PREDICTION_SPLITS = ("test", "val")
 PREDICTION_FIELDS = ("ids", "labels", "prob", "groups")
@@ -354,8 +355,7 @@ def expected_jobs(cfg: Config) -> dict[str, list[str]]:
     folds = [f"fold-{k}" for k in range(c.cv_folds)]
     cnn = (["official"] if c.official else []) + folds + [f"augment-{p}" for p in c.augment_presets]
     wavelet = [f"{fs}/{clf}" for fs in cfg.classify.feature_sets for clf in cfg.classify.classifiers] if c.wavelet else []
-    baseline_on = getattr(c, "baseline", True)
-    baseline = ["greylevel-rf"] if baseline_on else []
+    baseline = [BASELINE_NAME] if c.baseline else []
     return {"cnn": cnn, "cnn_folds": folds, "wavelet": wavelet, "baseline": baseline}
 
 

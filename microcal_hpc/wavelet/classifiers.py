@@ -29,18 +29,6 @@ from microcal_hpc.errors import ConfigError
 
 CLASSIFIERS = ("rf", "svm", "lr", "knn", "nb", "dt", "mlp", "hgb")
 
-DESCRIPTIONS = {
-    "rf": "random forest (500 trees)",
-    "svm": "RBF support vector machine (scaled)",
-    "lr": "L2 logistic regression (scaled, C=0.01)",
-    "knn": "15-nearest neighbours (scaled, distance-weighted)",
-    "nb": "Gaussian naive Bayes",
-    "dt": "decision tree (depth <= 6)",
-    "mlp": "multi-layer perceptron (scaled, 128 hidden units)",
-    "hgb": "histogram gradient boosting (100 trees)",
-}
-
-
 def check_classifiers(names) -> list[str]:
     """The names if all are known; ConfigError naming the unknown ones otherwise."""
     names = list(names)
