@@ -81,3 +81,15 @@ def test_missing_run_directory_is_a_one_line_error(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == f"microcal-hpc aggregate: error: {tmp_path / 'nope'}: run directory not found"
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("state, failed, unfinished", [
+    ("SUBMITTING", False, True), ("REQUEUE_HOLD", False, True), ("RUNNING", False, True),
+    ("COMPLETED", False, False), ("FAILED", True, False), ("SKIPPED", True, False)])
+def test_every_launcher_state_that_is_still_going_counts_as_unfinished_not_failed(tmp_path, state, failed,
+                                                                                   unfinished):
+    from microcal_hpc.report.collect import JobRecord
+
+    rec = JobRecord(key="cnn-fold-0", name="cnn/fold-0", stage="cnn", state=state, job_id="1", elapsed_s=None,
+                    node="", log="", error="", path=tmp_path / "cnn-fold-0.json", raw={})
+    assert (rec.failed, rec.unfinished) == (failed, unfinished)

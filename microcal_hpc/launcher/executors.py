@@ -24,8 +24,6 @@ from microcal_hpc.launcher import records
 from microcal_hpc.launcher.plan import JobSpec, Plan
 
 SIGNAL_DELAY_MAX_S = 120  # USR2 this long before the time limit: submitit checkpoints and requeues
-FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-                 "SKIPPED", "INTERRUPTED", "PREEMPTED")
 
 
 def log_folder(run_dir: str | os.PathLike) -> Path:

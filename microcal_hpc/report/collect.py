@@ -20,14 +20,15 @@ import yaml
 
 from microcal_hpc.config import Config
 from microcal_hpc.errors import InputError
+from microcal_hpc.launcher import records
 from microcal_hpc.launcher.plan import BASELINE_NAME
 
 PREDICTION_SPLITS = ("test", "val")
 PREDICTION_FIELDS = ("ids", "labels", "prob", "groups")
-# launcher/SLURM states: success, still going, everything else is a failure
+# launcher/SLURM states: success, still going, everything else is a failure. Still going: the launcher's
+# own list (SUBMITTING, PENDING, RUNNING, REQUEUE_HOLD, ...) and spellings of records written by hand.
 SUCCESS_STATES = {"COMPLETED", "DONE", "FINISHED", "SUCCESS", "SUCCEEDED", "CACHED"}  # SKIPPED: a dependency failed
-ACTIVE_STATES = {"PENDING", "RUNNING", "SUBMITTED", "QUEUED", "CONFIGURING", "COMPLETING", "REQUEUED",
-                 "SUSPENDED", "UNKNOWN", "READY"}
+ACTIVE_STATES = set(records.ACTIVE) | {"SUBMITTED", "QUEUED", "UNKNOWN", "READY"}
 
 
 @dataclass

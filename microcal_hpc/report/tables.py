@@ -15,6 +15,7 @@ import numpy as np
 
 from microcal_hpc import metrics as M
 from microcal_hpc.config import Config
+from microcal_hpc.launcher.plan import STAGES
 from microcal_hpc.report.collect import ACTIVE_STATES, ModelRun, Predictions, RunCollection
 
 FLAT_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "loss",
@@ -536,14 +537,11 @@ def _fmt_elapsed(s: Optional[float]) -> Optional[str]:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-STAGE_ORDER = ("pack", "cnn", "wavelet", "baseline", "report")  # microcal_hpc.launcher.plan.STAGES
-
-
 def job_table(coll: RunCollection) -> Table:
     """Every launcher record: name, stage, state, elapsed, node, log path."""
     cols = [Column("name", "Job"), Column("stage", "Stage"), Column("state", "State"), Column("job_id", "Job id"),
             Column("elapsed", "Elapsed"), Column("node", "Node"), Column("log", "Log"), Column("error", "Error")]
-    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    order = {s: i for i, s in enumerate(STAGES)}
     jobs = sorted(coll.jobs, key=lambda j: (order.get(j.stage, len(order)), str(j.raw.get("submitted") or ""),
                                             j.stage, j.name))
     rows = [{"name": j.name, "stage": j.stage,
