@@ -34,7 +34,8 @@ def features_job(cfg, data: str, out: str, force: bool = False, summary: dict | 
     receives the run summary (timings, ranks, per-rank peak memory on rank 0).
     """
     from microcal_hpc.joblog import setup_job_logging
-    from microcal_hpc.wavelet.mpi_features import PeerFailed, extract_to_file, get_comm, launcher_rank
+    from microcal_hpc.distributed import launcher_rank
+    from microcal_hpc.wavelet.mpi_features import PeerFailed, extract_to_file, get_comm
 
     import logging
 
@@ -94,7 +95,8 @@ _FLAGS = {"wavelet": "wavelet.wavelet", "level": "wavelet.level", "keep_levels":
 
 
 def run(args: argparse.Namespace) -> int:
-    from microcal_hpc.wavelet.mpi_features import PeerFailed, launcher_rank
+    from microcal_hpc.distributed import launcher_rank
+    from microcal_hpc.wavelet.mpi_features import PeerFailed
 
     rank = launcher_rank()
     try:

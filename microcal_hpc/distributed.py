@@ -27,6 +27,14 @@ def launched_world_size() -> int:
     return 1
 
 
+def launcher_rank() -> int:
+    """This process's rank according to the launcher's environment (0 for a plain process)."""
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 class Context:
     """A single-process run: rank 0 of 1. Subclasses override for data-parallel runs."""
 

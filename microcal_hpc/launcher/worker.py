@@ -36,13 +36,9 @@ class InjectedFault(RuntimeError):
 
 def _world() -> tuple[int, int]:
     """(rank, size) as set by the launcher of this process (srun, mpiexec), without importing MPI."""
-    from microcal_hpc.distributed import launched_world_size
+    from microcal_hpc.distributed import launched_world_size, launcher_rank
 
-    size = launched_world_size()
-    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if os.environ.get(var) not in (None, ""):
-            return int(os.environ[var]), size
-    return 0, size
+    return launcher_rank(), launched_world_size()
 
 
 def _job_ids() -> dict[str, Any]:

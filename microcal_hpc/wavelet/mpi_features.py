@@ -83,14 +83,6 @@ class SerialComm:
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS")
 
 
-def launcher_rank() -> int:
-    """This process's rank according to the launcher's environment (0 for a plain process)."""
-    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
 def get_comm():
     """MPI.COMM_WORLD when an MPI launcher (mpiexec, srun) started this process, else a SerialComm."""
     srun_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) if "SLURM_PROCID" in os.environ else 1
