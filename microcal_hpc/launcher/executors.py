@@ -102,15 +102,13 @@ def dependency_string(unit: list[JobSpec], job_ids: dict[str, str]) -> Optional[
     return f"{unit[0].dependency}:{':'.join(ids)}"
 
 
-def render_sbatch(cfg: Config, unit: list[JobSpec], run_dir: str | os.PathLike, dependency: Optional[str],
-                  python: Optional[str] = None) -> str:
+def render_sbatch(cfg: Config, unit: list[JobSpec], run_dir: str | os.PathLike, dependency: Optional[str]) -> str:
     """The sbatch file submitit would write for this unit (for ``--dry-run``)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = slurm_parameters(cfg, unit, dependency)
     folder = log_folder(run_dir)
-    python = python or shlex.quote(sys.executable)
-    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     if len(unit) > 1:
         params["map_count"] = len(unit)
     return _make_sbatch_string(command=command, folder=folder, **params)

@@ -55,10 +55,6 @@ class JobSpec:
     job_log: str = ""  # the job's own log file (besides the launcher's stdout/stderr)
     run_dir: str = ""
 
-    def describe(self) -> str:
-        """One line for plans and progress: ``cnn/fold-1 (train)``."""
-        return f"{self.stage}/{self.name} ({self.job_type})"
-
     def is_complete(self) -> bool:
         """True when every output exists."""
         return bool(self.outputs) and all(Path(p).exists() for p in self.outputs)

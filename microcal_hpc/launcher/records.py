@@ -165,9 +165,9 @@ def library_versions() -> dict[str, Optional[str]]:
     return out
 
 
-def git_info(start: str | os.PathLike | None = None) -> dict[str, Any]:
+def git_info() -> dict[str, Any]:
     """Commit and dirty flag of the checkout holding this package ({} outside a git checkout)."""
-    here = Path(start) if start else Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=10)

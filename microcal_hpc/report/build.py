@@ -19,7 +19,7 @@ from microcal_hpc.config import Config
 from microcal_hpc.report import figures as F
 from microcal_hpc.report import tables as T
 from microcal_hpc.report.collect import RunCollection, collect_run
-from microcal_hpc.report.render import Box, Figure, Paragraph, Pre, Report, Section
+from microcal_hpc.report.render import Box, Figure, Paragraph, Pre, Report, Section, figure_list
 
 log = logging.getLogger("microcal.aggregate")
 
@@ -257,6 +257,6 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
         "packed_sha256": packed_sha,
         "data_integrity": D.integrity if D else None,
         "tables": T.table_values(report.tables()),
-        "figures": [{"file": f"figures/{b.name}", "caption": b.caption} for b in report.figures()],
+        "figures": figure_list(report),
     }
     return report, metrics, coll

@@ -24,7 +24,6 @@ from microcal_hpc.launcher import records
 from microcal_hpc.launcher.plan import BASELINE_NAME
 
 PREDICTION_SPLITS = ("test", "val")
-PREDICTION_FIELDS = ("ids", "labels", "prob", "groups")
 # launcher/SLURM states: success, still going, everything else is a failure. Still going: the launcher's
 # own list (SUBMITTING, PENDING, RUNNING, REQUEUE_HOLD, ...) and spellings of records written by hand.
 SUCCESS_STATES = {"COMPLETED", "DONE", "FINISHED", "SUCCESS", "SUCCEEDED", "CACHED"}  # SKIPPED: a dependency failed

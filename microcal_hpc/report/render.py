@@ -11,7 +11,7 @@ import html
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from microcal_hpc.report.tables import Table
 
@@ -273,8 +273,6 @@ def render_markdown(report: Report) -> str:
 
 
 def figure_list(report: Report) -> list[dict[str, str]]:
+    """``{file, caption}`` of every figure, for metrics.json."""
     return [{"file": f"figures/{f.name}", "caption": f.caption} for f in report.figures()]
 
-
-def find_table(report: Report, key: str) -> Optional[Table]:
-    return next((t for t in report.tables() if t.key == key), None)

@@ -226,10 +226,6 @@ def summarise_run(coll: RunCollection, cfg: Config) -> Summaries:
 # CNN tables (the study's format)
 
 
-def _n_images(s: ModelSummary) -> Optional[int]:
-    return s.test["n"] if s.test else None
-
-
 def cnn_study_table(S: Summaries) -> Table:
     """Precision/recall/F1 per class, accuracy and AUC: CNN, CNN + augmentation, CNN cross-validation."""
     cols = [Column("model", "Model"), Column("evaluated_on", "Evaluated on")]
@@ -580,7 +576,6 @@ class DataSummary:
     train_labels: Optional[np.ndarray] = None
     test_images: Optional[np.ndarray] = None
     test_ids: Optional[np.ndarray] = None
-    test_labels: Optional[np.ndarray] = None
     mean_grey: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> label -> mean grey per image
 
 
@@ -683,7 +678,7 @@ def data_summary(packed_path, cfg: Config) -> DataSummary:
     mean_grey = {s.name: {str(l): s.images[s.labels == l].reshape((s.labels == l).sum(), -1).mean(axis=1)
                           for l in (0, 1)} for s in (tr, te)}
     return DataSummary([partition, folds, integ, code_table], counts, integrity, tr.images, tr.labels, te.images,
-                       te.ids, te.labels, mean_grey)
+                       te.ids, mean_grey)
 
 
 def table_values(tables: list[Table]) -> dict[str, Any]:
