@@ -15,11 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
-from microcal_hpc.dataset import SPLITS, open_packed
-
-
-def _strings(ds) -> np.ndarray:
-    return np.array(ds.asstr()[()], dtype=object).astype(str)
+from microcal_hpc.dataset import SPLITS, _strings, open_packed
 
 
 def inspect_packed(path: str | os.PathLike) -> dict:
