@@ -67,7 +67,7 @@ def stack_for_model(images: list[np.ndarray], sources: list[str], shape: tuple[i
         if img.shape != tuple(shape):
             raise InputError(f"{src}: image is {img.shape[1]}x{img.shape[0]} pixels; "
                              f"the model expects {shape[1]}x{shape[0]}")
-    return np.stack(images).astype(np.uint8) if images else np.zeros((0,) + tuple(shape), np.uint8)
+    return np.stack(images).astype(np.uint8, copy=False) if images else np.zeros((0,) + tuple(shape), np.uint8)
 
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
