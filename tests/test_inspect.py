@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +14,11 @@ from data_prep.inspect import format_inspection, inspect_packed
 from data_prep.pack import pack_tree
 from microcal_hpc.config import DataConfig
 
-REPO = Path(__file__).resolve().parents[1]
+from cli_helpers import cli_env
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = cli_env()
     return subprocess.run([sys.executable, "-m", "microcal_hpc", *args], capture_output=True, text=True, env=env,
                           timeout=60)
 

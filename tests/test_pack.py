@@ -23,12 +23,7 @@ from jobs.pack import log_path_for, pack_job
 from microcal_hpc.config import Config, DataConfig
 from microcal_hpc.dataset import load_split, read_images, split_length
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_pgm(path: Path, img: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"P5\n%d %d\n255\n" % (img.shape[1], img.shape[0]) + img.tobytes())
+from cli_helpers import cli_env, write_pgm
 
 
 def raw_pgm_tree(root: Path, n_per_class: int, shape=(60, 60), seed=0) -> Path:
@@ -46,10 +41,6 @@ def pillow_pixels(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         assert im.mode == "L"
         return np.asarray(im, dtype=np.uint8)
-
-
-def cli_env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -12,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from cli_helpers import cli_env, write_pgm
+
 SHAPE = (8, 8)
-
-
-def write_pgm(path: Path, img: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"P5\n%d %d\n255\n" % (img.shape[1], img.shape[0]) + img.tobytes())
 
 
 def png_bytes(img: np.ndarray, mode: str | None = None) -> bytes:
@@ -42,7 +37,7 @@ def tree(tmp_path) -> Path:
 
 
 def run_pack(root: Path, out: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = cli_env()
     return subprocess.run([sys.executable, "-m", "microcal_hpc", "pack", "--data", str(root), "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=60)
 
@@ -210,7 +205,7 @@ def test_non_image_files_are_skipped_with_one_warning(tree, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_cli_needs_a_data_root(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = cli_env()
     r = subprocess.run([sys.executable, "-m", "microcal_hpc", "pack", "--out", str(tmp_path / "p.h5")],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2

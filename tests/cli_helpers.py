@@ -1,0 +1,20 @@
+"""Helpers shared by the test modules that write image trees and run the ``microcal-hpc`` command line."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env() -> dict:
+    """The environment for ``python -m microcal_hpc`` subprocesses: this checkout first on the path."""
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def write_pgm(path: Path, img: np.ndarray) -> None:
+    """A raw 8-bit P5 file of ``img`` (H, W), written without Pillow; creates the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"P5\n%d %d\n255\n" % (img.shape[1], img.shape[0]) + img.tobytes())
