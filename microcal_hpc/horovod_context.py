@@ -6,8 +6,8 @@ Launch N copies of the same ``microcal-hpc train`` command with any of::
     mpirun -np 2 microcal-hpc train ...                 # Open MPI
     srun --mpi=pmix microcal-hpc train ...              # SLURM (see slurm/train_horovod.sbatch)
 
-Each rank trains on its own shard of every epoch's shuffled training part (``.shard(size, rank)``,
-the same shuffle seed on every rank); the ranks' gradients are averaged before every update, so all
+Each rank trains on its own shard of every epoch's shuffled training part (``cnn.pipeline.epoch_order``:
+equal shards of the same shuffled order on every rank); the ranks' gradients are averaged before every update, so all
 ranks keep identical weights and the run equals one-process training with a ``size``-times larger
 batch. Rank 0 writes every output; see :class:`HorovodContext` for what the training job must call.
 
@@ -110,7 +110,7 @@ class HorovodContext(Context):
             ctx.pin_device()                     # before any TensorFlow op
             lr = ctx.learning_rate(base_lr)      # scaled by distributed.lr_scaling
             opt = ctx.wrap_optimizer(Adam(lr))   # gradient averaging
-            model.fit(shard(size, rank) ..., callbacks=ctx.callbacks(base_lr, steps) + [...])
+            model.fit(training_dataset(..., num_shards=size, shard_index=rank), callbacks=ctx.callbacks(base_lr, steps) + [...])
             # after a resume: ctx.broadcast_variables(model, opt); only ctx.is_root writes outputs
 
     The per-rank batch is ``train.batch_size``; the global batch is ``size`` times that.

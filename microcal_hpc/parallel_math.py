@@ -2,10 +2,11 @@
 
 - :func:`scaled_learning_rate`: the learning rate for ``size`` ranks (global batch = size x per-rank batch).
 - :func:`warmup_learning_rate`: the rate during the warm-up ramp from the one-rank rate to the scaled one.
-- :func:`shard_sizes` / :func:`shard_indices`: what ``tf.data.Dataset.shard(size, rank)`` hands each rank.
+- :func:`shard_sizes` / :func:`shard_indices`: what plain round-robin sharding (``tf.data.Dataset.shard``)
+  would hand each rank, and why it is not enough: uneven shards.
 - :func:`equal_shard_length` / :func:`steps_per_epoch`: how many items (and batches) every rank trains on
   per epoch so that all ranks run the same number of steps (an extra step on one rank would wait forever
-  for the others in its gradient allreduce).
+  for the others in its gradient allreduce); ``cnn.pipeline.epoch_order`` cuts each epoch to these.
 - :func:`cpu_threads_per_rank`: TensorFlow threads per rank when ranks share a node's CPU cores.
 
 See docs/scaling.md for why these rules and when to choose which.

@@ -8,9 +8,9 @@ only), and prefetched. Evaluation pipelines keep the file order and never augmen
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from microcal_hpc import parallel_math
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
@@ -31,13 +31,13 @@ def epoch_order(n: int, seed: int, epoch: int, num_shards: int = 1, shard_index:
     if n < num_shards:
         raise ValueError(f"{n} training images cannot be shared by {num_shards} ranks")
     perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-    usable = n - n % num_shards
+    usable = parallel_math.equal_shard_length(n, num_shards) * num_shards
     return perm[:usable][shard_index::num_shards]
 
 
 def steps_per_epoch(n: int, batch_size: int, num_shards: int = 1) -> int:
     """Number of batches one rank runs per epoch (the last batch may be smaller)."""
-    return math.ceil((n - n % num_shards) // num_shards / batch_size)
+    return parallel_math.steps_per_epoch(n, num_shards, batch_size)
 
 
 def training_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, first_epoch: int,
