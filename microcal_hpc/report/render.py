@@ -241,9 +241,10 @@ def _md_cell(s: str) -> str:
 
 def table_markdown(t: Table) -> str:
     heads = [f"{c.group}: {c.header}" if c.group else c.header for c in t.columns]
+    numeric = numeric_columns(t)
     lines = [f"### {t.title}", "", f"*Based on: {t.basis}*", "",
              "| " + " | ".join(_md_cell(h) for h in heads) + " |",
-             "|" + "|".join("---:" if c.key in numeric_columns(t) else "---" for c in t.columns) + "|"]
+             "|" + "|".join("---:" if c.key in numeric else "---" for c in t.columns) + "|"]
     for row in t.rows:
         lines.append("| " + " | ".join(_md_cell(_row_value(t, row, c.key)) for c in t.columns) + " |")
     if not t.rows:
