@@ -22,12 +22,16 @@ def report_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "report"
 
 
-def _up_to_date(out: Path, fingerprint: str) -> bool:
+def _report_metrics(out: Path) -> dict:
+    """The report's metrics.json in ``out``, or {} when it is missing or unreadable."""
     try:
-        meta = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return False
-    return meta.get("inputs_fingerprint") == fingerprint and (out / "report.html").is_file() \
+        return {}
+
+
+def _up_to_date(out: Path, fingerprint: str) -> bool:
+    return _report_metrics(out).get("inputs_fingerprint") == fingerprint and (out / "report.html").is_file() \
         and (out / "report.md").is_file()
 
 
@@ -95,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
         args.config = str(run_dir / "config.yaml")
     cfg = config_from_args(args)
     path = aggregate_job(cfg, str(run_dir), force=args.force)
-    try:
-        meta = json.loads((report_dir(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        meta = {}
+    meta = _report_metrics(report_dir(run_dir))
     if meta.get("complete") is False:
         st = meta.get("status", {})
         n = sum(len(st.get(k, [])) for k in ("missing", "incomplete", "failed_jobs", "unfinished_jobs"))
