@@ -46,7 +46,7 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     from microcal_hpc.errors import InputError
     from microcal_hpc.joblog import setup_job_logging
     from microcal_hpc.report.build import build_report
-    from microcal_hpc.report.collect import input_fingerprint
+    from microcal_hpc.report.collect import input_fingerprint, packed_path
     from microcal_hpc.report.render import render_html, render_markdown
 
     run = Path(run_dir)
@@ -56,7 +56,7 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     out.mkdir(parents=True, exist_ok=True)
     log = setup_job_logging(out / "aggregate.log", name="aggregate")
     html_path = out / "report.html"
-    fingerprint = input_fingerprint(run)
+    fingerprint = input_fingerprint(run, packed_path(cfg, run))
     if not force and _up_to_date(out, fingerprint):
         log.info("report of %s is up to date (inputs unchanged): %s", run, html_path)
         return str(html_path)

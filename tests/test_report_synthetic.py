@@ -206,3 +206,16 @@ def test_fold_mismatch_between_arms_is_flagged(tmp_path):
     rows = {r["fold"]: r for r in T.comparison(S, fr.cfg).folds.rows}
     assert rows[1]["same_images"] == "NO" and rows[0]["same_images"] == "yes"
     assert rows["mean ± std"]["same_images"] == "NOT all"
+
+
+def test_fingerprint_follows_a_packed_file_outside_the_run_directory(tmp_path):
+    from microcal_hpc.report.collect import input_fingerprint
+
+    run, packed = tmp_path / "run", tmp_path / "elsewhere" / "packed.h5"
+    run.mkdir()
+    packed.parent.mkdir()
+    packed.write_bytes(b"first")
+    before = input_fingerprint(run, packed)
+    packed.write_bytes(b"second, longer")  # data.packed rewritten: the report must be rebuilt
+    assert input_fingerprint(run, packed) != before
+    assert input_fingerprint(run) == input_fingerprint(run, tmp_path / "missing.h5")

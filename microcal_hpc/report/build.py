@@ -18,7 +18,7 @@ from microcal_hpc import __version__
 from microcal_hpc.config import Config
 from microcal_hpc.report import figures as F
 from microcal_hpc.report import tables as T
-from microcal_hpc.report.collect import RunCollection, collect_run
+from microcal_hpc.report.collect import RunCollection, collect_run, packed_path
 from microcal_hpc.report.render import Box, Figure, Paragraph, Pre, Report, Section, figure_list
 
 log = logging.getLogger("microcal.aggregate")
@@ -153,7 +153,7 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
                                       f"{2 * cfg.report.gallery_size} of each class, frame colour = class."))
         data.blocks += [integ, codes, folds]
     else:
-        data.blocks.append(Box("Packed data not found", [f"{run_dir / 'data' / 'packed.h5'} is absent: no data tables, "
+        data.blocks.append(Box("Packed data not found", [f"{packed_path(cfg, run_dir)} is absent: no data tables, "
                                                          "patch grid or gallery"]))
 
     # ---------------- CNN

@@ -417,10 +417,11 @@ def collect_run(run_dir: str | os.PathLike, cfg: Config) -> RunCollection:
                          incomplete=incomplete, problems=problems)
 
 
-def input_fingerprint(run_dir: str | os.PathLike) -> str:
+def input_fingerprint(run_dir: str | os.PathLike, packed: str | os.PathLike | None = None) -> str:
     """A hash of the names, sizes and modification times of every input the report reads.
 
-    Left out: the aggregate job's own launcher record and manifest.json, which the launcher updates
+    ``packed``: the packed data file the report reads (:func:`packed_path`) when it may lie outside the
+    run directory (``data.packed``); RUN/data/packed.h5 is always included. Left out: the aggregate job's own launcher record and manifest.json, which the launcher updates
     while and after the report is built (state, end time); a new submission adds other records anyway.
     """
     import hashlib
@@ -435,4 +436,7 @@ def input_fingerprint(run_dir: str | os.PathLike) -> str:
                 continue
             st = p.stat()
             h.update(f"{p.relative_to(run)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    if packed is not None and Path(packed).is_file() and Path(packed).resolve() != (run / "data" / "packed.h5").resolve():
+        st = Path(packed).stat()
+        h.update(f"{Path(packed).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
