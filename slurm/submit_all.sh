@@ -102,7 +102,7 @@ fi
 if [ "$WAVELET" = 1 ]; then
   id="$(submit wavelet "${dep[@]}" --time="$TIME_WAVELET" --nodes=1 --ntasks="$WAVELET_TASKS" --cpus-per-task=1 \
     --mem="$MEM_WAVELET" --output="$RUN_DIR/logs/%x-%j.out" \
-    --export=ALL,MICROCAL="$MICROCAL",FEATURES="$RUN_DIR/wavelet/features.h5",MPI_PLUGIN="$MPI_PLUGIN" \
+    --export=ALL,MPI_PLUGIN="$MPI_PLUGIN" \
     "$HERE/wavelet_mpi.sbatch" "$RUN_DIR")"
   record wavelet "$id"
 fi
