@@ -56,6 +56,21 @@ def _active_jobs(run_dir: str) -> dict[str, str]:
             if r.executor == "slurm" and r.job_id and r.state in records.ACTIVE}
 
 
+def _prepare(cfg: Config, run_dir: Optional[str], executor: Optional[str] = None) -> tuple[Config, str, Plan]:
+    """A copy of ``cfg`` with absolute paths, the run folder (and executor) set; the run folder; the plan."""
+    cfg = resolve_paths(cfg)
+    run = str(Path(run_dir or cfg.campaign.run_dir).expanduser().resolve())
+    cfg.campaign.run_dir = run
+    if executor:
+        cfg.campaign.executor = executor
+    return cfg, run, build_plan(cfg, run)
+
+
+def _report_html(plan: Plan) -> Path:
+    """The report the campaign's aggregate job writes (its completeness marker)."""
+    return Path(plan.get("aggregate").outputs[0])
+
+
 def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Optional[str] = None,
                     dry_run: bool = False, out: Optional[TextIO] = None) -> int:
     """Plan and run/submit a campaign; return the exit code (local/debug: 1 when a job failed)."""
@@ -64,13 +79,10 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
     def say(msg: str = "") -> None:
         print(msg, file=out, flush=True)
 
-    cfg = resolve_paths(cfg)
     executor = executor or cfg.campaign.executor
     if executor not in ("slurm", "local", "debug"):
         raise ConfigError(f"executor must be slurm, local or debug; got {executor!r}")
-    run = str(Path(run_dir or cfg.campaign.run_dir).expanduser().resolve())
-    cfg.campaign.run_dir, cfg.campaign.executor = run, executor
-    plan = build_plan(cfg, run)
+    cfg, run, plan = _prepare(cfg, run_dir, executor)
     if not dry_run and "pack" in plan.keys() and not Path(cfg.data.root).is_dir():
         # fail before anything is submitted, not in the first job
         raise ConfigError(f"{cfg.data.root}: image folder not found (data.root; the tree ROOT/{{Train,Test}}/{{0,1}})")
@@ -107,7 +119,7 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
         return 0
     if not todo:
         say("nothing to do: every job is complete")
-        report = Path(run) / "report" / "report.html"
+        report = _report_html(plan)
         if report.exists():
             say(str(report))
         return 0
@@ -122,7 +134,7 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
     if executor == "slurm":
         executors.submit_slurm(cfg, plan, todo, active, out=out)
         say(f"{len(todo)} jobs submitted; follow them with: microcal-hpc status --run-dir {run}")
-        say(f"the report will be {Path(run) / 'report' / 'report.html'}")
+        say(f"the report will be {_report_html(plan)}")
         return 0
 
     if executor == "local":
@@ -142,7 +154,7 @@ def _summarize_local(run: str, plan: Plan, states: dict[str, str], say) -> int:
         log = rec.get("log_err") or rec.get("job_log") or "-"
         say(f"{states[key]}: {rec.get('stage', '?')}/{rec.get('name', key)}: {rec.get('error') or ''}")
         say(f"  log: {log}")
-    report = Path(run) / "report" / "report.html"
+    report = _report_html(plan)
     if report.exists():
         say(str(report))
     else:
@@ -158,10 +170,7 @@ def write_run_config(cfg: Config, run_dir: Optional[str] = None, out: Optional[T
     import shlex
 
     out = out or sys.stdout
-    cfg = resolve_paths(cfg)
-    run = str(Path(run_dir or cfg.campaign.run_dir).expanduser().resolve())
-    cfg.campaign.run_dir = run
-    plan = build_plan(cfg, run)
+    cfg, run, plan = _prepare(cfg, run_dir)
     records.write_manifest(run, cfg, "sbatch", [])
     feats = cfg.resources("wavelet_features")
     values = {
