@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from microcal_hpc.atomic import atomic_path  # noqa: E402
 from microcal_hpc.report.collect import Predictions  # noqa: E402
-from microcal_hpc.report.tables import CLASSIFIER_NAMES, DataSummary, ModelSummary, Summaries  # noqa: E402
+from microcal_hpc.report.tables import CLASSIFIER_NAMES, DataSummary, ModelSummary, Summaries, mean_std  # noqa: E402
 
 ARM_COLOURS = {"cnn": "#1f77b4", "wavelet": "#ff7f0e", "baseline": "#7f7f7f"}
 FEATURE_COLOURS = {"coeffs": "#ff7f0e", "stats": "#9467bd"}
@@ -339,8 +339,9 @@ def wavelet_bars(S: Summaries, path: str | os.PathLike) -> Optional[str]:
                 ax.plot(xi, s.test["auc"], "D", color="black", ms=5,
                         label=_once(ax, "official Test AUC"))
     cv = S.cnn_cv_per_fold()
-    if cv:
-        ax.axhline(np.mean([m["auc"] for m in cv.values()]), color=ARM_COLOURS["cnn"], ls="--", lw=1.5,
+    cnn_auc = mean_std(list(cv.values()), ("auc",)).get("auc")  # as in the tables: folds without an AUC left out
+    if cnn_auc:
+        ax.axhline(cnn_auc["mean"], color=ARM_COLOURS["cnn"], ls="--", lw=1.5,
                    label=f"CNN CV AUC ({S.folds_label(len(cv))})")
     for b in S.baseline.values():
         if "auc" in b.cv:
