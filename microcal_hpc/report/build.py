@@ -109,12 +109,10 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
     log.info("collected %d CNN, %d wavelet, %d baseline runs and %d job records from %s", len(coll.cnn),
              len(coll.wavelet), len(coll.baseline), len(coll.jobs), run_dir)
     S = T.summarise_run(coll, cfg)
-    figs: dict[str, Optional[str]] = {}
     produced: list[str] = []
 
     def fig(name: str, fn, *args, **kw) -> Optional[Path]:
         p = fn(*args, path=F.figure_path(fig_dir, name), **kw)
-        figs[name] = p
         if p:
             produced.append(Path(p).name)
         return Path(p) if p else None
