@@ -23,5 +23,5 @@ setup(
         "PyYAML>=6",
     ],
     extras_require={"horovod": ["horovod==0.28.1"], "test": ["pytest>=8", "pytest-timeout>=2.3"]},
-    entry_points={"console_scripts": ["microcal-hpc=microcal_hpc.cli:main"]},
+    entry_points={"console_scripts": ["microcal-hpc=jobs.cli:main"]},
 )

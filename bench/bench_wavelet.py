@@ -9,7 +9,7 @@
    coeffs+stats feature rows; float64 and float32. Each rate is given per wall
    second and per CPU second of this process: on shared cores the CPU-time rate is the per-core speed.
 2. Scaling: random 8-bit patches are written to a packed-format HDF5 file in a temporary folder (not
-   timed), then ``mpiexec -n N python -m microcal_hpc wavelet-features`` runs for each N and size.
+   timed), then ``mpiexec -n N python -m jobs wavelet-features`` runs for each N and size.
    Reported: wall time of the whole command (launch + imports + job) and of the job itself, peak
    memory (ru_maxrss) and CPU time of every rank as gathered by the job, and the parallel efficiency
    ``T(1) / (N * T(N))`` (job time and wall time) and ``CPU(1) / sum of CPU(N)`` (parallel overhead in
@@ -151,7 +151,7 @@ def run_job(data: Path, out: Path, ranks: int, features: str, dtype: str, engine
     the cores busy; on a cluster node with dedicated cores this does not arise.
     """
     summary = out.with_suffix(".json")
-    prog = (["setsid", "-w"] if own_session else []) + [sys.executable, "-m", "microcal_hpc"]
+    prog = (["setsid", "-w"] if own_session else []) + [sys.executable, "-m", "jobs"]
     binding = ["--bind-to", "core"] if bind else ["--bind-to", "none"]
     cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), "--oversubscribe", *binding, *prog, "wavelet-features",
            "--data", str(data), "--out", str(out), "--features", features, "--dtype", dtype, "--engine", engine,

@@ -44,7 +44,7 @@ from data_prep.naming import namer_from_config
 from data_prep.readers import decode_image, is_image_name, pixel_hash, read_bytes
 from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
 from microcal_hpc.dataset import FORMAT_NAME, FORMAT_VERSION, open_packed
-from microcal_hpc.errors import InputError, Terminated
+from microcal_hpc.errors import ConfigError, InputError, Terminated
 from microcal_hpc.joblog import get_logger
 
 log = get_logger("microcal.pack")
@@ -328,3 +328,27 @@ def format_summary(s: dict) -> str:
     rate = f" ({s['images_per_second']:.0f} images/s)" if s.get("images_per_second") else ""
     return (f"packed {'; '.join(parts)}; {s['image_shape'][0]}x{s['image_shape'][1]} uint8; groups: {groups}; "
             f"{s.get('duplicate_images', 0)} pixel-duplicate image(s); {s['seconds']:.2f} s{rate} -> {s['path']}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The job (command line: ``microcal-hpc pack``)
+
+
+def log_path_for(out: str | Path) -> Path:
+    """The log file of a pack: ``FILE.h5`` -> ``FILE.pack.log``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".pack.log")
+
+
+def pack_job(cfg, out: str | None = None, force: bool = False, progress: bool | None = None) -> str:
+    """Pack ``cfg.data.root`` into ``out`` (default ``cfg.data.packed``); return the HDF5 path."""
+    from microcal_hpc.joblog import setup_job_logging
+
+    out = out or cfg.data.packed
+    if not out:
+        raise ConfigError("no output file: give --out FILE.h5 or set data.packed")
+    if not cfg.data.root:
+        raise ConfigError("data.root is empty: give --data ROOT or set data.root")
+    setup_job_logging(log_path_for(out), name="microcal.pack")
+    pack_tree(cfg.data.root, out, cfg.data, force=force, progress=progress)
+    return str(out)

@@ -7,31 +7,9 @@ exists and the input files are unchanged (same sha256), it logs "up to date" and
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from data_prep.pack import pack_job
 from microcal_hpc.cli import add_config_arguments, config_from_args
-from microcal_hpc.errors import ConfigError
-
-
-def log_path_for(out: str | Path) -> Path:
-    """The log file of a pack: ``FILE.h5`` -> ``FILE.pack.log``."""
-    out = Path(out)
-    return out.with_name(out.stem + ".pack.log")
-
-
-def pack_job(cfg, out: str | None = None, force: bool = False, progress: bool | None = None) -> str:
-    """Pack ``cfg.data.root`` into ``out`` (default ``cfg.data.packed``); return the HDF5 path."""
-    from data_prep.pack import pack_tree
-    from microcal_hpc.joblog import setup_job_logging
-
-    out = out or cfg.data.packed
-    if not out:
-        raise ConfigError("no output file: give --out FILE.h5 or set data.packed")
-    if not cfg.data.root:
-        raise ConfigError("data.root is empty: give --data ROOT or set data.root")
-    setup_job_logging(log_path_for(out), name="microcal.pack")
-    pack_tree(cfg.data.root, out, cfg.data, force=force, progress=progress)
-    return str(out)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

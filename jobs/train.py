@@ -1,4 +1,5 @@
-"""`microcal-hpc train`: train the CNN once into RUN_DIR/NAME (resumable; skipped when complete).
+"""`microcal-hpc train`: train the CNN once into RUN_DIR/NAME (:func:`microcal_hpc.cnn.train.train_cnn`;
+resumable; skipped when complete).
 
 Examples::
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 from microcal_hpc import cli
-from microcal_hpc.config import Config
 
 FLAGS = {
     "fold": "train.fold",
@@ -22,14 +22,6 @@ FLAGS = {
     "seed": "train.seed",
     "distributed": "distributed.mode",
 }
-
-
-def train_job(cfg: Config, data: str, run_dir: str, name: str) -> str:
-    """Train one CNN job into ``run_dir/name`` (fold, augment, epochs, seed ... from ``cfg.train``); return
-    the job folder. Resumes after the last checkpointed epoch; returns at once when already complete."""
-    from microcal_hpc.cnn.train import train_cnn
-
-    return str(train_cnn(cfg, data, run_dir, name))
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -49,5 +41,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = cli.config_from_args(args, FLAGS)
-    train_job(cfg, args.data, args.run_dir, args.name)
+    from microcal_hpc.cnn.train import train_cnn
+
+    train_cnn(cfg, args.data, args.run_dir, args.name)
     return 0

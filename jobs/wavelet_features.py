@@ -16,59 +16,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from microcal_hpc.cli import add_config_arguments, config_from_args
 from microcal_hpc.errors import MicrocalError
-
-
-def log_path_for(out: str | Path) -> Path:
-    """The log of a features job: ``features.h5`` -> ``features.log``."""
-    return Path(out).with_suffix(".log")
-
-
-def features_job(cfg, data: str, out: str, force: bool = False, summary: dict | None = None) -> str:
-    """Compute the wavelet features of the packed file ``data`` into ``out``; return ``out``.
-
-    Collective when launched with several MPI ranks (every rank calls it). ``summary``, if given,
-    receives the run summary (timings, ranks, per-rank peak memory on rank 0).
-    """
-    from microcal_hpc.joblog import setup_job_logging
-    from microcal_hpc.distributed import launcher_rank
-    from microcal_hpc.wavelet.mpi_features import PeerFailed, extract_to_file, get_comm
-
-    import logging
-
-    root = launcher_rank() == 0
-    log = None
-    if root:
-        try:
-            log = setup_job_logging(log_path_for(out), name="microcal.wavelet.features")
-        except OSError:  # the output folder is unusable: extract_to_file reports it on every rank
-            log = setup_job_logging(None, name="microcal.wavelet.features")
-    else:  # other ranks: no log file, warnings only
-        setup_job_logging(None, name="microcal.wavelet.features", level=logging.WARNING)
-    try:
-        result = extract_to_file(cfg.wavelet, data, out, comm=get_comm(), force=force)
-    except PeerFailed:
-        raise
-    except Exception as e:
-        if log is not None:
-            _log_to_file_only(log.name, f"failed: {e}")
-        raise
-    if summary is not None:
-        summary.update(result)
-    return str(out)
-
-
-def _log_to_file_only(name: str, message: str) -> None:
-    """Record a failure in the job's log file; the console line comes from the command line's error report."""
-    import logging
-
-    record = logging.LogRecord(name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger("microcal").handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+from microcal_hpc.wavelet.features_job import features_job
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

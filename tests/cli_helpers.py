@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli_env() -> dict:
-    """The environment for ``python -m microcal_hpc`` subprocesses: this checkout first on the path."""
+    """The environment for ``python -m jobs`` subprocesses: this checkout first on the path."""
     return dict(os.environ, PYTHONPATH=str(REPO))
 
 

@@ -36,7 +36,7 @@ def test_greylevel_features_are_the_documented_twelve():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_baseline_writes_outputs_on_the_cnn_folds(packed_real, tmp_path):
-    from jobs.baseline import baseline_job
+    from microcal_hpc.baseline import baseline_job
 
     cfg = Config()
     cfg.report.bootstrap = 200

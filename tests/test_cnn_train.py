@@ -26,7 +26,7 @@ def _cfg(*overrides):
 
 
 def _train(cfg, data, run_dir, name):
-    from jobs.train import train_job
+    from microcal_hpc.cnn.train import train_cnn as train_job
 
     return Path(train_job(cfg, str(data), str(run_dir), name))
 
@@ -161,7 +161,7 @@ def test_stopped_job_resumes_at_epoch_two_and_keeps_its_optimizer_state(packed_s
 @pytest.mark.timeout(240)
 def test_a_job_killed_after_its_first_checkpoint_resumes_from_it(packed_synthetic, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "microcal_hpc", "train", "--data", str(packed_synthetic), "--run-dir",
+    cmd = [sys.executable, "-m", "jobs", "train", "--data", str(packed_synthetic), "--run-dir",
            str(tmp_path), "--name", "killed", "--epochs", "4", "--set", "report.bootstrap=100",
            "--set", "train.batch_size=8"]
     state_file = tmp_path / "killed" / "checkpoints" / "state.json"
@@ -217,7 +217,7 @@ def test_a_finished_job_is_not_retrained_and_refuses_other_settings(packed_synth
 
 
 def test_unknown_augmentation_fails_before_anything_is_written(tmp_path):
-    from microcal_hpc import cli
+    from jobs import cli
 
     rc = cli.main(["train", "--data", str(tmp_path / "none.h5"), "--run-dir", str(tmp_path), "--name", "x",
                    "--augment", "mixup"])
@@ -229,7 +229,7 @@ def test_unknown_augmentation_fails_before_anything_is_written(tmp_path):
 @pytest.mark.timeout(240)
 def test_a_48x48_data_set_trains_through_the_job_and_predict_checks_the_size(make_tree, tmp_path, capsys):
     from data_prep.pack import pack_tree
-    from microcal_hpc import cli
+    from jobs import cli
     from microcal_hpc.config import DataConfig
 
     root = make_tree(counts={"Train": (16, 16), "Test": (4, 4)}, shape=(48, 48))

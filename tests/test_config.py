@@ -76,7 +76,7 @@ def test_save_and_reload_round_trip(tmp_path):
 def test_cli_reports_config_error_in_one_line(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("train:\n  epochz: 1\n")
-    r = subprocess.run([sys.executable, "-m", "microcal_hpc", "pack", "--config", str(p), "--data", str(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "jobs", "pack", "--config", str(p), "--data", str(tmp_path),
                         "--out", str(tmp_path / "x.h5")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]

@@ -19,7 +19,7 @@ from cli_helpers import cli_env
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = cli_env()
-    return subprocess.run([sys.executable, "-m", "microcal_hpc", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "jobs", *args], capture_output=True, text=True, env=env,
                           timeout=60)
 
 

@@ -40,7 +40,7 @@ def job_env(**extra: str) -> dict[str, str]:
 
 
 def microcal(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microcal_hpc", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

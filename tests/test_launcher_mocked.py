@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from submitit.core.test_core import MockedSubprocess
 
-from microcal_hpc import cli
+from jobs import cli
 from microcal_hpc.launcher import records, status
 
 SETTINGS = ["campaign.cv_folds=5", "campaign.augment_presets=[flips]", "campaign.resources.train.array_parallelism=2",

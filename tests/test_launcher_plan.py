@@ -48,7 +48,7 @@ def test_default_plan_is_the_campaign_dag(tmp_path):
     assert plan.get("cnn-official").config.train.fold is None
     # the arguments and outputs follow docs/outputs.md
     off = plan.get("cnn-official")
-    assert off.function == "jobs.train:train_job" and off.args == (packed, str(run / "cnn"), "official")
+    assert off.function == "microcal_hpc.cnn.train:train_cnn" and off.args == (packed, str(run / "cnn"), "official")
     assert off.outputs == (str(run / "cnn" / "official" / "metrics.json"),) and off.checkpointable
     feat = plan.get("wavelet-features")
     assert feat.args == (packed, str(run / "wavelet" / "features.h5")) and feat.tasks == 2

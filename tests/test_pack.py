@@ -19,7 +19,7 @@ from PIL import Image
 from data_prep.naming import Namer, group_and_case, namer_from_config
 from data_prep.pack import pack_tree, scan_tree
 from data_prep.readers import decode_image, pixel_hash, read_image
-from jobs.pack import log_path_for, pack_job
+from data_prep.pack import log_path_for, pack_job
 from microcal_hpc.config import Config, DataConfig
 from microcal_hpc.dataset import load_split, read_images, split_length
 
@@ -245,7 +245,7 @@ def test_failed_pack_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     ino = out.stat().st_ino
     # the last file in pack order is damaged: the failure happens after most images were written
     (root / "Test" / "1" / "zzzz.pgm").write_bytes(b"P5\n10 10\n255\n" + bytes(50))
-    r = subprocess.run([sys.executable, "-m", "microcal_hpc", "pack", "--data", str(root), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "jobs", "pack", "--data", str(root), "--out", str(out)],
                        capture_output=True, text=True, env=cli_env(), timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (f"microcal-hpc pack: error: {root}/Test/1/zzzz.pgm: "
@@ -259,7 +259,7 @@ def test_sigterm_during_pack_removes_the_temporary_and_keeps_the_old_file(tmp_pa
     root, out, old = _packed_small_tree(tmp_path)
     fifo = root / "Test" / "1" / "zzzz.pgm"
     os.mkfifo(fifo)  # the pack blocks reading it: a deterministic "still writing" state
-    proc = subprocess.Popen([sys.executable, "-m", "microcal_hpc", "pack", "--data", str(root), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "jobs", "pack", "--data", str(root), "--out", str(out),
                              "--force"], stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
         deadline = time.monotonic() + 30

@@ -38,7 +38,7 @@ def tree(tmp_path) -> Path:
 
 def run_pack(root: Path, out: Path) -> subprocess.CompletedProcess:
     env = cli_env()
-    return subprocess.run([sys.executable, "-m", "microcal_hpc", "pack", "--data", str(root), "--out", str(out)],
+    return subprocess.run([sys.executable, "-m", "jobs", "pack", "--data", str(root), "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -206,7 +206,7 @@ def test_non_image_files_are_skipped_with_one_warning(tree, tmp_path):
 @pytest.mark.timeout(60)
 def test_cli_needs_a_data_root(tmp_path):
     env = cli_env()
-    r = subprocess.run([sys.executable, "-m", "microcal_hpc", "pack", "--out", str(tmp_path / "p.h5")],
+    r = subprocess.run([sys.executable, "-m", "jobs", "pack", "--out", str(tmp_path / "p.h5")],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "microcal-hpc pack: error: data.root is empty: give --data ROOT or set data.root"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from microcal_hpc import cli
+from jobs import cli
 from microcal_hpc.config import load_config
 
 pytest.importorskip("tensorflow")
@@ -16,7 +16,7 @@ pytest.importorskip("tensorflow")
 
 @pytest.fixture(scope="module")
 def trained_job(packed_synthetic, tmp_path_factory) -> Path:
-    from jobs.train import train_job
+    from microcal_hpc.cnn.train import train_cnn as train_job
 
     run = tmp_path_factory.mktemp("predict_run")
     cfg = load_config(None, ["train.epochs=1", "report.bootstrap=50"])

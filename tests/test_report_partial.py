@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def _aggregate(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "microcal_hpc", "aggregate", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "jobs", "aggregate", *args], capture_output=True, text=True,
                           env=env, timeout=150)
 
 

@@ -25,11 +25,11 @@ OVERRIDES = ["train.epochs=1", "train.batch_size=64", "train.folds=2", "campaign
 @pytest.fixture(scope="module")
 def real_run(packed_real, tmp_path_factory):
     """RUN/ built by the real job functions, then aggregated."""
-    from jobs.aggregate import aggregate_job
-    from jobs.baseline import baseline_job
-    from jobs.train import train_job
-    from jobs.wavelet_classify import classify_job
-    from jobs.wavelet_features import features_job
+    from microcal_hpc.report.aggregate import aggregate_job
+    from microcal_hpc.baseline import baseline_job
+    from microcal_hpc.cnn.train import train_cnn as train_job
+    from microcal_hpc.wavelet.classify import classify_job
+    from microcal_hpc.wavelet.features_job import features_job
     from microcal_hpc.config import load_config, save_config
 
     run = tmp_path_factory.mktemp("real_report") / "run"

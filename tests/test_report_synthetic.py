@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A fabricated complete run and its report (built once for the module)."""
-    from jobs.aggregate import aggregate_job
+    from microcal_hpc.report.aggregate import aggregate_job
 
     fr = fabricate_run(tmp_path_factory.mktemp("synthetic_report") / "run")
     html = Path(aggregate_job(fr.cfg, str(fr.run_dir)))
@@ -178,7 +178,7 @@ def test_html_is_self_contained_and_complete(built):
 
 
 def test_second_run_reuses_an_up_to_date_report(built):
-    from jobs.aggregate import _up_to_date, aggregate_job
+    from microcal_hpc.report.aggregate import _up_to_date, aggregate_job
     from microcal_hpc.report.collect import input_fingerprint
 
     fr, html, _ = built

@@ -16,7 +16,7 @@ from microcal_hpc.wavelet.classifiers import CLASSIFIERS, make_classifier, score
 
 @pytest.fixture(scope="module")
 def real_features(packed_real, tmp_path_factory):
-    from jobs.wavelet_features import features_job
+    from microcal_hpc.wavelet.features_job import features_job
 
     out = tmp_path_factory.mktemp("features") / "features.h5"
     features_job(Config(), str(packed_real), str(out))  # default: coeffs and stats
@@ -35,7 +35,7 @@ def _cfg(classifiers, feature_sets) -> Config:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_classifiers_write_outputs_with_probability_based_auc(real_features, packed_real, tmp_path):
-    from jobs.wavelet_classify import classify_job
+    from microcal_hpc.wavelet.classify import classify_job
 
     cfg = _cfg(["svm", "nb"], ["coeffs", "stats"])
     run = tmp_path / "wavelet"
@@ -86,7 +86,7 @@ def test_classifiers_write_outputs_with_probability_based_auc(real_features, pac
 
 @pytest.mark.realdata
 def test_bad_requests_fail_before_any_work(real_features, tmp_path):
-    from jobs.wavelet_classify import classify_job
+    from microcal_hpc.wavelet.classify import classify_job
 
     with pytest.raises(ConfigError, match="unknown classifier.*xgb"):
         classify_job(_cfg(["rf", "xgb"], ["stats"]), str(real_features), str(tmp_path / "w"))

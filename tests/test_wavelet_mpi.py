@@ -1,7 +1,7 @@
 """MPI-parallel wavelet features: identical output for any number of ranks, clean failure on every rank.
 
 The MPI tests launch the real ``mpiexec -n 2`` (Open MPI, as root with the ALLOW_RUN_AS_ROOT variables,
-oversubscribed) on the command line ``python -m microcal_hpc wavelet-features``.
+oversubscribed) on the command line ``python -m jobs wavelet-features``.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _mpiexec(n: int, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
         pytest.fail("mpiexec not found on PATH (Debian: apt-get install openmpi-bin)")
-    cmd = [mpiexec, "-n", str(n), "--oversubscribe", sys.executable, "-m", "microcal_hpc", "wavelet-features", *args]
+    cmd = [mpiexec, "-n", str(n), "--oversubscribe", sys.executable, "-m", "jobs", "wavelet-features", *args]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=_mpi_env(), capture_output=True, text=True, timeout=MPI_TIMEOUT)
     return proc, time.monotonic() - t0
@@ -94,7 +94,7 @@ def test_tile_aligned_rank_slices_start_on_a_tile_of_their_split(total, size):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_ranks_write_the_same_bytes_as_one(packed_real, tmp_path):
-    from jobs.wavelet_features import features_job
+    from microcal_hpc.wavelet.features_job import features_job
 
     cfg = Config(wavelet=WaveletConfig(features="both"))
     serial = tmp_path / "serial" / "features.h5"

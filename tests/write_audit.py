@@ -62,7 +62,7 @@ def main() -> int:
 
     atexit.register(report)
     sys.addaudithook(hook)
-    from microcal_hpc.cli import main as cli_main
+    from jobs.cli import main as cli_main
 
     return cli_main(cli_args)
 

@@ -5,6 +5,8 @@ pack step) and must have the size the model was trained on.
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
@@ -77,3 +79,23 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 256) -> n
     if len(images) == 0:
         return np.zeros(0)
     return model.predict(evaluation_dataset(images, batch_size=batch_size), verbose=0).reshape(-1).astype(np.float64)
+
+
+def predict_job(model_dir: str, images: str, out: str) -> str:
+    """Write ``out`` (CSV: id, probability, predicted_label) for every image under ``images``; return ``out``."""
+    from microcal_hpc.atomic import write_text
+    from microcal_hpc.joblog import get_logger
+
+    log = get_logger("cnn.predict")
+    ids, imgs, sources = read_inputs(images)  # bad input fails here, before TensorFlow loads
+    model = load_trained_model(model_dir)
+    x = stack_for_model(imgs, sources, tuple(model.input_shape[1:3]))
+    prob = predict_probabilities(model, x)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "probability", "predicted_label"])
+    for i, p in zip(ids, prob):
+        w.writerow([i, f"{p:.6f}", int(p >= THRESHOLD)])
+    write_text(out, buf.getvalue())
+    log.info("%d images scored -> %s (%d predicted clusters)", len(ids), out, int((prob >= THRESHOLD).sum()))
+    return out

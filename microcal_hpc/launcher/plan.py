@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from microcal_hpc.baseline import BASELINE_NAME
 from microcal_hpc.config import Config
 from microcal_hpc.errors import ConfigError
 
 # stages in campaign order (status tables sort by this)
 STAGES = ("pack", "cnn", "wavelet", "baseline", "report")
-BASELINE_NAME = "greylevel-rf"
 
 
 @dataclass
@@ -158,7 +158,7 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
     # 1. pack (pack_job itself returns at once when the HDF5 is current)
     upstream: tuple[str, ...] = ()
     if cfg.data.root:
-        job("pack", "pack", "pack", "pack", "jobs.pack:pack_job", cfg, [data], [data],
+        job("pack", "pack", "pack", "pack", "data_prep.pack:pack_job", cfg, [data], [data],
             job_log=str(Path(data).with_name(Path(data).stem + ".pack.log")))
         upstream = ("pack",)
     elif not Path(data).exists():
@@ -170,7 +170,7 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
 
     def cnn_job(name: str, job_cfg: Config, array: Optional[str]) -> None:
         folder = cnn_dir / name
-        job(f"cnn-{name}", "cnn", name, "train", "jobs.train:train_job", job_cfg,
+        job(f"cnn-{name}", "cnn", name, "train", "microcal_hpc.cnn.train:train_cnn", job_cfg,
             [data, cnn_dir, name], [folder / "metrics.json"], depends_on=upstream, array=array,
             checkpointable=True, job_log=str(folder / "train.log"))
 
@@ -191,23 +191,23 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
     if camp.wavelet:
         wdir = run / "wavelet"
         features = wdir / "features.h5"
-        job("wavelet-features", "wavelet", "features", "wavelet_features", "jobs.wavelet_features:features_job",
+        job("wavelet-features", "wavelet", "features", "wavelet_features", "microcal_hpc.wavelet.features_job:features_job",
             cfg, [data, features], [features], depends_on=upstream,
             tasks=cfg.resources("wavelet_features").tasks_per_node * cfg.resources("wavelet_features").nodes,
             job_log=str(wdir / "features.log"))
         outputs = [wdir / fs / clf / "metrics.json" for fs in cfg.classify.feature_sets
                    for clf in cfg.classify.classifiers]
-        job("wavelet-classify", "wavelet", "classify", "wavelet_classify", "jobs.wavelet_classify:classify_job",
+        job("wavelet-classify", "wavelet", "classify", "wavelet_classify", "microcal_hpc.wavelet.classify:classify_job",
             cfg, [features, wdir], outputs, depends_on=("wavelet-features",), job_log=str(wdir / "classify.log"))
     if camp.baseline:
         bdir = run / "baseline"
-        job(f"baseline-{BASELINE_NAME}", "baseline", BASELINE_NAME, "wavelet_classify", "jobs.baseline:baseline_job",
+        job(f"baseline-{BASELINE_NAME}", "baseline", BASELINE_NAME, "wavelet_classify", "microcal_hpc.baseline:baseline_job",
             cfg, [data, bdir], [bdir / BASELINE_NAME / "metrics.json"], depends_on=upstream,
             job_log=str(bdir / BASELINE_NAME / "baseline.log"))
 
     # 4. the report, after every other job whatever its outcome (it reports failures too)
     others = tuple(s.key for s in plan.specs)
-    job("aggregate", "report", "aggregate", "aggregate", "jobs.aggregate:aggregate_job", cfg, [run],
+    job("aggregate", "report", "aggregate", "aggregate", "microcal_hpc.report.aggregate:aggregate_job", cfg, [run],
         [run / "report" / "report.html"], depends_on=others, dependency="afterany",
         job_log=str(run / "report" / "aggregate.log"))
     return plan

@@ -1,6 +1,6 @@
 """Assemble the report of a run directory: collect, recompute the tables, draw the figures, lay out the
 sections. :func:`build_report` returns the :class:`Report` and the dict written as metrics.json;
-``jobs.aggregate`` writes them.
+:mod:`microcal_hpc.report.aggregate` writes them.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import yaml
 from microcal_hpc.config import Config
 from microcal_hpc.errors import InputError
 from microcal_hpc.launcher import records
-from microcal_hpc.launcher.plan import BASELINE_NAME
+from microcal_hpc.baseline import BASELINE_NAME
 
 PREDICTION_SPLITS = ("test", "val")
 # launcher/SLURM states: success, still going, everything else is a failure. Still going: the launcher's
