@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+import microcal_hpc
 from microcal_hpc import __version__
 from microcal_hpc.errors import MicrocalError
 
@@ -31,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="microcal-hpc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="microcal-hpc", description=microcal_hpc.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"microcal-hpc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
