@@ -16,6 +16,7 @@ from submitit.core.test_core import MockedSubprocess
 
 from jobs import cli
 from microcal_hpc.launcher import records, status
+from microcal_hpc.synthetic import make_image_tree
 
 SETTINGS = ["campaign.cv_folds=5", "campaign.augment_presets=[flips]", "campaign.resources.train.array_parallelism=2",
             "campaign.resources.train.gpus_per_node=1", "campaign.resources.train.partition=gpu",
@@ -48,7 +49,8 @@ class Cluster(MockedSubprocess):
 
 
 def _submit(cluster: Cluster, run: Path, tmp_path: Path, *extra: str) -> int:
-    (tmp_path / "tree").mkdir(exist_ok=True)  # the pack job itself never runs on the mocked cluster
+    if not (tmp_path / "tree").is_dir():  # the pack job itself never runs on the mocked cluster; the
+        make_image_tree(tmp_path / "tree", counts={"Train": (12, 12), "Test": (4, 4)})  # folds check reads names
     args = ["submit", "--executor", "slurm", "--run-dir", str(run), "--set", f"data.root={tmp_path / 'tree'}"]
     for s in SETTINGS:
         args += ["--set", s]
@@ -123,7 +125,7 @@ def test_submit_status_and_resubmit_on_a_mocked_cluster(tmp_path, capsys):
     records.update_record(run, "cnn-fold-3", state="FAILED", error="ValueError: injected")
 
     with cluster.context():
-        assert cli.main(["status", "--run-dir", str(run)]) == 0
+        assert cli.main(["status", "--run-dir", str(run)]) == 1  # some jobs failed
     table = capsys.readouterr().out
     states = {line.split()[0] + "/" + line.split()[1]: line.split()[2] for line in table.splitlines()[1:13]}
     assert states == {"pack/pack": "COMPLETED", "cnn/official": "COMPLETED", "cnn/fold-0": "COMPLETED",
