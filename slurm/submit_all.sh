@@ -32,7 +32,7 @@ fi
 MICROCAL="$(command -v microcal-hpc)" || { echo "submit_all.sh: microcal-hpc not on PATH (set MICROCAL_VENV)" >&2; exit 2; }
 command -v sbatch >/dev/null || { echo "submit_all.sh: sbatch not found: not on a SLURM cluster?" >&2; exit 2; }
 
-# one line per script: UNIT <tab> DEPENDENCY TYPE <tab> UNITS IT WAITS FOR (comma-separated) <tab> SCRIPT
+# one line per script: UNIT <tab> DEPENDENCY TYPE <tab> UNITS IT WAITS FOR (comma-separated, or -) <tab> SCRIPT
 plan="$("$MICROCAL" submit --write-sbatch "${submit_args[@]}")" || exit $?
 [ -n "$plan" ] || exit 0  # nothing to do (microcal-hpc said so)
 
@@ -40,9 +40,11 @@ declare -A job_id
 ids=()
 while IFS=$'\t' read -r unit dependency waits_for script; do
   deps=()
-  for other in ${waits_for//,/ }; do
-    deps+=("${job_id[$other]}")
-  done
+  if [ "$waits_for" != - ]; then
+    for other in ${waits_for//,/ }; do
+      deps+=("${job_id[$other]}")
+    done
+  fi
   opts=(--parsable)
   if [ ${#deps[@]} -gt 0 ]; then
     opts+=(--dependency="$dependency:$(IFS=:; echo "${deps[*]}")" --kill-on-invalid-dep=yes)

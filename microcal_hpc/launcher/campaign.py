@@ -263,7 +263,8 @@ def write_sbatch(cfg: Config, run_dir: Optional[str] = None, out: Optional[TextI
     """``submit --write-sbatch``: the submission ``submit --executor slurm`` would make, as plain sbatch
     scripts (:mod:`microcal_hpc.launcher.sbatch`) for ``slurm/submit_all.sh``: stale outputs are moved
     aside, RUN/config.yaml and RUN/manifest.json written, ``RUN/sbatch/*.sbatch`` written for what is
-    to run, and one line per script printed to ``out``: ``UNIT<TAB>DEPENDENCY<TAB>UNITS<TAB>SCRIPT``."""
+    to run, and one line per script printed to ``out``: ``UNIT<TAB>DEPENDENCY<TAB>UNITS<TAB>SCRIPT``
+    (``UNITS``: the units it waits for, comma-separated, or ``-``)."""
     out, err = out or sys.stdout, err or sys.stderr
 
     def say(msg: str) -> None:
@@ -280,5 +281,5 @@ def write_sbatch(cfg: Config, run_dir: Optional[str] = None, out: Optional[TextI
     _supersede_stale(plan, found, say)
     records.write_manifest(run, plan.config, "sbatch", [s.key for s in found.todo])
     for name, dependency, units, script in sbatch.write_scripts(cfg, plan, found.todo):
-        print(f"{name}\t{dependency}\t{','.join(units)}\t{script}", file=out)
+        print(f"{name}\t{dependency}\t{','.join(units) or '-'}\t{script}", file=out)
     return 0

@@ -2,7 +2,7 @@
 
 ``microcal-hpc submit --write-sbatch`` writes one script per submission unit (a job or a job array) to
 ``RUN/sbatch/NN-<unit>.sbatch`` and prints one line per unit, ``UNIT<TAB>DEPENDENCY<TAB>UNITS<TAB>SCRIPT``
-(``UNITS``: the comma-separated units it waits for); ``slurm/submit_all.sh`` submits them in that order
+(``UNITS``: the comma-separated units it waits for, ``-`` for none); ``slurm/submit_all.sh`` submits them in that order
 with ``--dependency=DEPENDENCY:<their job ids> --kill-on-invalid-dep=yes``. Each script is usable on its
 own with ``sbatch`` and holds:
 
