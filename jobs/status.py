@@ -17,9 +17,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--no-slurm", action="store_true", help="do not ask sacct/squeue; records only")
     cli.add_config_arguments(p)
-    p.epilog = ("Exit code 0 when every job is COMPLETED or still pending/running, 1 otherwise. Jobs are "
-                     "checked against RUN/config.yaml (the last submission's settings), or against --config "
-                     "and --set: `status --run-dir RUN --set train.epochs=50` shows which results that would make stale.")
+    p.epilog = ("Exit code 0 when every job is COMPLETED or still pending/running, 1 otherwise. Jobs are checked "
+                "against RUN/config.yaml (the last submission's settings), or against --config and --set: "
+                "`status --run-dir RUN --set train.epochs=50` shows which results that would make stale.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     except MicrocalError as e:
         if args.config or args.overrides:
             raise
-        print(f"microcal-hpc status: warning: {run_dir / 'config.yaml'}: {e}; listing the records only", file=sys.stderr)
+        print(f"microcal-hpc status: warning: {run_dir / 'config.yaml'}: {e}; listing the records only",
+              file=sys.stderr)
         plan = None
     rows = status.collect(run_dir, use_slurm=False if args.no_slurm else None, plan=plan)
     if args.json:

@@ -423,7 +423,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if cls is CampaignConfig and "resources" in kwargs:
         kwargs["resources"] = _merge_resources(data["resources"], f"{where}.resources" if where else "resources")
     if cls is CampaignConfig and "job_resources" in kwargs:
-        kwargs["job_resources"] = _job_resources(data["job_resources"], f"{where}.job_resources" if where else "job_resources")
+        kwargs["job_resources"] = _job_resources(data["job_resources"],
+                                                 f"{where}.job_resources" if where else "job_resources")
     return cls(**kwargs)
 
 

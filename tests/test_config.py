@@ -46,7 +46,7 @@ def test_partial_resources_keep_other_defaults(tmp_path):
     ("wavelet:\n  keep_levels: [5]\n", "level 5 is outside 1..4"),
     ("campaign:\n  resources:\n    gpu_job: {}\n", "unknown job type"),
     ("classify:\n  classifiers: [rf, xgboost]\n", "classify.classifiers: unknown classifier(s) xgboost; known: rf,"),
-    ("campaign:\n  augment_presets: [flips, rotate]\n", "campaign.augment_presets: unknown augmentation preset(s) rotate"),
+    ("campaign:\n  augment_presets: [flips, rotate]\n", "augment_presets: unknown augmentation preset(s) rotate"),
     ("train:\n  augment: rotate\n", "train.augment: unknown augmentation preset(s) rotate"),
     ('campaign:\n  setup: ["module load a\\nmodule load b"]\n', "campaign.setup[0]: each item must be one non-empty"),
     ("campaign:\n  container: apptainer exec 'x.sif\n", "campaign.container: not a valid command prefix"),

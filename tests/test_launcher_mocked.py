@@ -279,11 +279,13 @@ def test_dry_run_json_and_gpu_requests(tmp_path, capsys):
     assert plan["counts"]["to_submit"] == 12 and plan["warnings"] == [] and not (tmp_path / "run").exists()
     assert plan["setup"][0] == "module load cuda/12.2"
     off = jobs["cnn-official"]
-    assert (off["resources"]["nodes"], off["resources"]["tasks_per_node"], off["resources"]["gpus_per_node"]) == (2, 2, 2)
+    r = off["resources"]
+    assert (r["nodes"], r["tasks_per_node"], r["gpus_per_node"]) == (2, 2, 2)
     assert off["tasks"] == 4 and off["array"] is None and off["command"][:2] == ["microcal-hpc", "train"]
     assert jobs["cnn-fold-2"]["resources"]["gpus_per_node"] == 1 and jobs["cnn-fold-2"]["array"] == "cnn-folds"
     units = {u["name"]: u for u in plan["units"]}
-    assert "#SBATCH --gres=gpu:2" in units["cnn-official"]["sbatch"] and units["cnn-official"]["dependency"] == "afterok:<pack>"
+    assert "#SBATCH --gres=gpu:2" in units["cnn-official"]["sbatch"]
+    assert units["cnn-official"]["dependency"] == "afterok:<pack>"
     # the text form: GPU requests, one task per GPU, srun's MPI plugin; a warning when they do not pair up
     assert _submit(Cluster(), tmp_path / "run", tmp_path, *gpu, "--dry-run",
                    "--set", "campaign.job_resources.cnn/official.tasks_per_node=4") == 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, TextIO
 
-from microcal_hpc.config import Config
+from microcal_hpc.config import Config, ResourceConfig
 from microcal_hpc.errors import ConfigError
 from microcal_hpc.launcher import executors, preflight, records, sbatch, stale, status
 from microcal_hpc.launcher.plan import JobSpec, Plan, build_plan, resolve_paths, selection, unit_name
@@ -55,7 +55,7 @@ def _action(spec: JobSpec, todo_keys: set[str], found: Assessment) -> str:
     return "complete" if spec.key in found.current else "-"
 
 
-def _resources_text(r) -> str:
+def _resources_text(r: ResourceConfig) -> str:
     parts = [f"{r.nodes}x{r.tasks_per_node} task", f"{r.cpus_per_task} cpu", executors.mem_string(r.mem_gb),
              f"{r.time_min} min"]
     if r.gpus_per_node:
@@ -74,7 +74,8 @@ def format_plan(plan: Plan, found: Assessment) -> str:
         after = f"{s.dependency}:{','.join(s.depends_on)}" if s.depends_on else "-"
         if s.key == "aggregate":
             after = f"{s.dependency}:all"
-        rows.append((s.label, s.job_type, s.array or "-", after, _resources_text(s.resources), _action(s, todo_keys, found)))
+        rows.append((s.label, s.job_type, s.array or "-", after, _resources_text(s.resources),
+                     _action(s, todo_keys, found)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     for key, reasons in found.stale.items():

@@ -2,7 +2,8 @@
 LocalExecutor, waits, at most ``campaign.max_parallel`` jobs at once) and debug (in-process, in order).
 
 SLURM: one ``sbatch`` per job, one job array per array group (CV folds, augmentation presets), with
-per-job-type resources from ``campaign.resources`` and the plan's dependencies as SLURM dependencies
+each job's resources (``spec.resources``: ``campaign.resources`` of its type, ``campaign.job_resources``),
+``campaign.setup`` and ``campaign.container``, and the plan's dependencies as SLURM dependencies
 (``afterok``; ``afterany`` for the report; ``--kill-on-invalid-dep=yes`` so that jobs after a failed
 one are cancelled instead of pending forever). Logs: ``RUN/logs/<job id>/``.
 """

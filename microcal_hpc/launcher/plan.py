@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 
 from microcal_hpc.config import Config, ResourceConfig, apply_overrides, config_from_dict
 from microcal_hpc.errors import ConfigError
-from microcal_hpc.launcher.jobkinds import KINDS, PlannedJob, campaign_jobs, job_paths
+from microcal_hpc.launcher.jobkinds import KINDS, PlannedJob, campaign_jobs
 
 # stages in campaign order (status tables sort by this)
 STAGES = tuple(dict.fromkeys(k.stage for k in KINDS.values()))
@@ -197,7 +197,7 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
 
 def _spec(job: PlannedJob, cfg: Config, run: Path, data: str, config_file: str, before: list[JobSpec]) -> JobSpec:
     kind = job.kind
-    paths = job_paths(job, cfg, run, data)
+    paths = job.paths(cfg, run, data)
     if "*" in kind.after:
         depends_on, dependency = tuple(s.key for s in before), "afterany"
     else:
