@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json and not args.dry_run:
         raise ConfigError("--json goes with --dry-run (the plan as JSON)")
+    if args.write_sbatch and args.dry_run:
+        raise ConfigError("--write-sbatch writes the scripts of a submission; for a plan only, use --dry-run alone")
     cfg = cli.config_from_args(args, {"executor": "campaign.executor", "run_dir": "campaign.run_dir"})
     if args.write_sbatch:
         return write_sbatch(cfg, cfg.campaign.run_dir)

@@ -204,6 +204,9 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
                 say(sbatch.render_job_script(cfg, unit, executors.dependency_string(unit, ids)))
         elif executor == "local":
             say(f"\nlocal executor: at most {executors.default_max_parallel(cfg)} job(s) at once, in this order")
+        if executor != "slurm" and (cfg.campaign.setup or cfg.campaign.container):
+            say(f"\nnote: campaign.setup and campaign.container apply to SLURM jobs; the {executor} executor "
+                "runs every job in this environment")
         if found.stale:
             say(f"\nstale jobs run again; their previous outputs would be moved to {Path(run) / stale.SUPERSEDED}/")
         say("\ndry run: nothing submitted")
