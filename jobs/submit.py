@@ -13,16 +13,26 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "at once; debug: in this process, one after the other (default: campaign.executor)")
     p.add_argument("--run-dir", help="run directory (default: campaign.run_dir)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (jobs, dependencies, resources) and the sbatch files; submit nothing")
-    p.add_argument("--write-config", action="store_true",
-                   help="only write RUN/config.yaml and RUN/manifest.json and print the campaign as shell "
-                        "variables (used by slurm/submit_all.sh); run nothing")
+                   help="print the plan (jobs, dependencies, resources, stale results and why, each job's "
+                        "microcal-hpc command) and, for slurm, the sbatch scripts; change nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    p.add_argument("--write-sbatch", action="store_true",
+                   help="do not submit: write the plain sbatch scripts of this submission to RUN/sbatch/ and "
+                        "print one line per script (slurm/submit_all.sh submits them)")
+    p.epilog = ("A job whose outputs were computed with other settings (e.g. --set train.epochs=50 on a finished "
+                "25-epoch run) is stale: it runs again, and its previous outputs are moved to RUN/superseded/<time>/.")
 
 
 def run(args: argparse.Namespace) -> int:
-    from microcal_hpc.launcher.campaign import submit_campaign, write_run_config
+    from microcal_hpc.errors import ConfigError
+    from microcal_hpc.launcher.campaign import submit_campaign, write_sbatch
 
+    if args.json and not args.dry_run:
+        raise ConfigError("--json goes with --dry-run (the plan as JSON)")
+    if args.write_sbatch and args.dry_run:
+        raise ConfigError("--write-sbatch writes the scripts of a submission; for a plan only, use --dry-run alone")
     cfg = cli.config_from_args(args, {"executor": "campaign.executor", "run_dir": "campaign.run_dir"})
-    if args.write_config:
-        return write_run_config(cfg, cfg.campaign.run_dir)
-    return submit_campaign(cfg, executor=cfg.campaign.executor, run_dir=cfg.campaign.run_dir, dry_run=args.dry_run)
+    if args.write_sbatch:
+        return write_sbatch(cfg, cfg.campaign.run_dir)
+    return submit_campaign(cfg, executor=cfg.campaign.executor, run_dir=cfg.campaign.run_dir, dry_run=args.dry_run,
+                           as_json=args.json)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class TrainConfig:
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ConfigError(f"train.fold must be in [0, {self.folds - 1}], got {self.fold}")
         _choice("train.group_by", self.group_by, ("group", "case", "none"))
+        _check_presets("train.augment", [self.augment])
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine", "plateau"))
         _choice("train.mixed_precision", self.mixed_precision, ("none", "bfloat16", "auto"))
         if self.early_stopping_patience < 0:
@@ -170,8 +172,9 @@ class ClassifyConfig:
         if self.folds < 2:
             raise ConfigError(f"classify.folds must be >= 2, got {self.folds}")
         _choice("classify.group_by", self.group_by, ("group", "case", "none"))
-        if not self.classifiers:
-            raise ConfigError("classify.classifiers must not be empty")
+        from microcal_hpc.wavelet.classifiers import check_classifiers
+
+        check_classifiers(self.classifiers)  # the zoo's own list of names
         for fs in self.feature_sets:
             _choice("classify.feature_sets", fs, ("coeffs", "stats"))
 
@@ -209,6 +212,20 @@ class ResourceConfig:
             _positive(f"{name}.{key}", getattr(self, key))
         if self.gpus_per_node < 0:
             raise ConfigError(f"{name}.gpus_per_node must be >= 0")
+        if not self.mem_gb > 0:
+            raise ConfigError(f"{name}.mem_gb must be > 0, got {self.mem_gb}")
+
+    @property
+    def tasks(self) -> int:
+        """Processes of one job: MPI ranks (wavelet features) or Horovod ranks (training), one per GPU."""
+        return self.nodes * self.tasks_per_node
+
+    def gpu_warning(self, name: str) -> Optional[str]:
+        """A warning when a GPU job does not run one task per GPU (ranks would share a GPU or leave one idle)."""
+        if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
+            return (f"{name}: {self.tasks_per_node} task(s) per node but {self.gpus_per_node} GPU(s) per node; "
+                    "each training rank uses one GPU: set tasks_per_node = gpus_per_node")
+        return None
 
 
 def _default_resources() -> dict[str, ResourceConfig]:
@@ -238,7 +255,17 @@ class CampaignConfig:
     baseline: bool = True  # the grey-level shortcut baseline
     poll_seconds: float = 2.0
     srun_mpi: str = "pmix"  # srun --mpi plugin of multi-task (MPI) jobs under SLURM; "": the cluster's default
+    # The environment of every SLURM job (submitit and the scripts of `submit --write-sbatch` alike):
+    # shell lines run first (e.g. "module load cuda/12.2", "source /path/venv/bin/activate"), and a
+    # command prefix that wraps the job's command (e.g. "apptainer exec --nv /path/microcal.sif").
+    # The local and debug executors run in the launcher's own environment.
+    setup: list[str] = field(default_factory=list)
+    container: str = ""
     resources: dict[str, ResourceConfig] = field(default_factory=_default_resources)
+    # Resources of ONE job, over those of its job type: JOB (as `submit --dry-run` names it,
+    # e.g. "cnn/official") -> resource keys. A training job with nodes x tasks_per_node > 1 is
+    # data-parallel (one Horovod rank per task, one task per GPU); it is submitted alone, not in its array.
+    job_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         _choice("campaign.executor", self.executor, ("slurm", "local", "debug"))
@@ -246,11 +273,32 @@ class CampaignConfig:
             raise ConfigError("campaign.max_parallel must be >= 0")
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"campaign.cv_folds must be 0 or >= 2, got {self.cv_folds}")
+        _check_presets("campaign.augment_presets", self.augment_presets)
         unknown = set(self.resources) - set(JOB_TYPES)
         if unknown:
             raise ConfigError(f"campaign.resources: unknown job type(s) {sorted(unknown)}; known: {list(JOB_TYPES)}")
         for k, r in self.resources.items():
             r.validate(f"campaign.resources.{k}")
+        for i, line in enumerate(self.setup):
+            if "\n" in line or not line.strip():
+                raise ConfigError(f"campaign.setup[{i}]: each item must be one non-empty shell line, got {line!r}")
+        try:
+            shlex.split(self.container)
+        except ValueError as e:
+            raise ConfigError(f"campaign.container: not a valid command prefix ({e}): {self.container!r}") from None
+        for job, override in self.job_resources.items():
+            stage, _, name = job.partition("/")
+            if not stage or not name or "/" in name:
+                raise ConfigError(f"campaign.job_resources: {job!r} is not a job name STAGE/NAME (e.g. cnn/official)")
+            merged = dataclasses.replace(ResourceConfig(), **override)
+            merged.validate(f"campaign.job_resources.{job}")
+
+    def warnings(self) -> list[str]:
+        """Resource settings that are valid but probably not meant (e.g. GPUs and tasks that do not pair up)."""
+        named = [(f"campaign.resources.{k}", r) for k, r in self.resources.items()]
+        named += [(f"campaign.job_resources.{job}", dataclasses.replace(ResourceConfig(), **o))
+                  for job, o in self.job_resources.items()]
+        return [w for name, r in named if (w := r.gpu_warning(name))]
 
 
 @dataclass
@@ -274,11 +322,14 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def resources(self, job_type: str) -> ResourceConfig:
-        """Resources of one job type (defaults filled in for types the YAML does not mention)."""
+    def resources(self, job_type: str, job: Optional[str] = None) -> ResourceConfig:
+        """Resources of one job type (defaults filled in for types the YAML does not mention), or of one
+        job ``job`` ("cnn/official"): its type's, overridden by ``campaign.job_resources[job]``."""
         if job_type not in JOB_TYPES:
             raise ConfigError(f"unknown job type {job_type!r}; known: {list(JOB_TYPES)}")
-        return self.campaign.resources.get(job_type) or _default_resources()[job_type]
+        res = self.campaign.resources.get(job_type) or _default_resources()[job_type]
+        override = self.campaign.job_resources.get(job) if job else None
+        return dataclasses.replace(res, **override) if override else res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +339,15 @@ class Config:
 def _positive(name: str, value: int) -> None:
     if value <= 0:
         raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def _check_presets(name: str, presets: list[str]) -> None:
+    """Every name must be an augmentation preset of microcal_hpc.cnn.augment (the one list of presets)."""
+    from microcal_hpc.cnn.augment import PRESETS
+
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise ConfigError(f"{name}: unknown augmentation preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -362,6 +422,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     if cls is CampaignConfig and "resources" in kwargs:
         kwargs["resources"] = _merge_resources(data["resources"], f"{where}.resources" if where else "resources")
+    if cls is CampaignConfig and "job_resources" in kwargs:
+        kwargs["job_resources"] = _job_resources(data["job_resources"],
+                                                 f"{where}.job_resources" if where else "job_resources")
     return cls(**kwargs)
 
 
@@ -378,6 +441,22 @@ def _merge_resources(given: Any, where: str) -> dict[str, ResourceConfig]:
         base.update(value or {})
         merged[job_type] = _build(ResourceConfig, base, f"{where}.{job_type}")
     return merged
+
+
+def _job_resources(given: Any, where: str) -> dict[str, dict[str, Any]]:
+    """Per-job resource overrides: only ResourceConfig keys, each coerced to its type."""
+    hints = typing.get_type_hints(ResourceConfig)
+    out: dict[str, dict[str, Any]] = {}
+    for job, value in (given or {}).items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}.{job}: expected a mapping of resource keys, got {type(value).__name__}")
+        for key in value:
+            if key not in hints:
+                close = difflib.get_close_matches(str(key), list(hints), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(hints)}"
+                raise ConfigError(f"{where}.{job}: unknown key {key!r}{hint}")
+        out[str(job)] = {k: _coerce(v, hints[k], f"{where}.{job}.{k}") for k, v in value.items()}
+    return out
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Config:

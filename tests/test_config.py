@@ -45,6 +45,15 @@ def test_partial_resources_keep_other_defaults(tmp_path):
     ("train:\n  fold: 5\n  folds: 5\n", "train.fold must be in [0, 4]"),
     ("wavelet:\n  keep_levels: [5]\n", "level 5 is outside 1..4"),
     ("campaign:\n  resources:\n    gpu_job: {}\n", "unknown job type"),
+    ("classify:\n  classifiers: [rf, xgboost]\n", "classify.classifiers: unknown classifier(s) xgboost; known: rf,"),
+    ("campaign:\n  augment_presets: [flips, rotate]\n", "augment_presets: unknown augmentation preset(s) rotate"),
+    ("train:\n  augment: rotate\n", "train.augment: unknown augmentation preset(s) rotate"),
+    ('campaign:\n  setup: ["module load a\\nmodule load b"]\n', "campaign.setup[0]: each item must be one non-empty"),
+    ("campaign:\n  container: apptainer exec 'x.sif\n", "campaign.container: not a valid command prefix"),
+    ("campaign:\n  job_resources:\n    official: {nodes: 2}\n", "'official' is not a job name STAGE/NAME"),
+    ("campaign:\n  job_resources:\n    cnn/official: {gpus: 2}\n", "job_resources.cnn/official: unknown key 'gpus'"),
+    ("campaign:\n  job_resources:\n    cnn/official: {nodes: 0}\n", "job_resources.cnn/official.nodes must be > 0"),
+    ("campaign:\n  job_resources:\n    cnn/official: {nodes: two}\n", "cnn/official.nodes: expected an integer"),
     ("- a\n- b\n", "top level must be a mapping"),
     ("train: [1\n", "invalid YAML"),
 ])
@@ -66,7 +75,9 @@ def test_bad_override_is_rejected():
 
 
 def test_save_and_reload_round_trip(tmp_path):
-    cfg = load_config(None, ["train.epochs=3", "campaign.augment_presets=[flips]", "train.fold=2"])
+    cfg = load_config(None, ["train.epochs=3", "campaign.augment_presets=[flips]", "train.fold=2",
+                             "campaign.setup=[module load cuda]", "campaign.container=apptainer exec --nv x.sif",
+                             "campaign.job_resources={cnn/official: {nodes: 2, gpus_per_node: 2}}"])
     save_config(cfg, tmp_path / "used.yaml")
     again = load_config(tmp_path / "used.yaml")
     assert again == cfg
@@ -82,3 +93,16 @@ def test_cli_reports_config_error_in_one_line(tmp_path):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("microcal-hpc pack: error:") and "epochz" in lines[-1]
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_job_resources_override_their_job_types_resources():
+    cfg = load_config(None, ["campaign.resources.train.partition=gpu", "campaign.resources.train.gpus_per_node=1",
+                             "campaign.job_resources={cnn/official: {nodes: 2, tasks_per_node: 2, gpus_per_node: 2}}"])
+    official = cfg.resources("train", "cnn/official")
+    assert (official.nodes, official.tasks_per_node, official.gpus_per_node, official.tasks) == (2, 2, 2, 4)
+    assert official.partition == "gpu" and official.time_min == 120  # the rest: its job type's
+    assert cfg.resources("train", "cnn/fold-0") == cfg.resources("train") and cfg.resources("train").gpus_per_node == 1
+    assert cfg.campaign.warnings() == []
+    lopsided = load_config(None, ["campaign.resources.train.gpus_per_node=2"])
+    assert lopsided.campaign.warnings() == ["campaign.resources.train: 1 task(s) per node but 2 GPU(s) per node; "
+                                            "each training rank uses one GPU: set tasks_per_node = gpus_per_node"]

@@ -16,6 +16,7 @@ from submitit.core.test_core import MockedSubprocess
 
 from jobs import cli
 from microcal_hpc.launcher import records, status
+from microcal_hpc.synthetic import make_image_tree
 
 SETTINGS = ["campaign.cv_folds=5", "campaign.augment_presets=[flips]", "campaign.resources.train.array_parallelism=2",
             "campaign.resources.train.gpus_per_node=1", "campaign.resources.train.partition=gpu",
@@ -48,7 +49,8 @@ class Cluster(MockedSubprocess):
 
 
 def _submit(cluster: Cluster, run: Path, tmp_path: Path, *extra: str) -> int:
-    (tmp_path / "tree").mkdir(exist_ok=True)  # the pack job itself never runs on the mocked cluster
+    if not (tmp_path / "tree").is_dir():  # the pack job itself never runs on the mocked cluster; the
+        make_image_tree(tmp_path / "tree", counts={"Train": (12, 12), "Test": (4, 4)})  # folds check reads names
     args = ["submit", "--executor", "slurm", "--run-dir", str(run), "--set", f"data.root={tmp_path / 'tree'}"]
     for s in SETTINGS:
         args += ["--set", s]
@@ -123,7 +125,7 @@ def test_submit_status_and_resubmit_on_a_mocked_cluster(tmp_path, capsys):
     records.update_record(run, "cnn-fold-3", state="FAILED", error="ValueError: injected")
 
     with cluster.context():
-        assert cli.main(["status", "--run-dir", str(run)]) == 0
+        assert cli.main(["status", "--run-dir", str(run)]) == 1  # some jobs failed
     table = capsys.readouterr().out
     states = {line.split()[0] + "/" + line.split()[1]: line.split()[2] for line in table.splitlines()[1:13]}
     assert states == {"pack/pack": "COMPLETED", "cnn/official": "COMPLETED", "cnn/fold-0": "COMPLETED",
@@ -223,3 +225,71 @@ def test_a_missing_image_tree_fails_before_anything_is_submitted(tmp_path, capsy
     assert err[-1] == (f"microcal-hpc submit: error: {tmp_path / 'nosuch'}: image folder not found "
                        "(data.root; the tree ROOT/{Train,Test}/{0,1})")
     assert not any(c[0] == "sbatch" for c in cluster.calls) and not (run / "jobs").exists()
+
+
+REPO = Path(__file__).resolve().parents[1]
+RESOURCE_FLAGS = ("--job-name", "--partition", "--account", "--qos", "--time", "--nodes", "--ntasks-per-node",
+                  "--cpus-per-task", "--mem", "--gres", "--array", "--requeue", "--hold")
+
+
+def _resource_lines(text: str) -> list[str]:
+    return sorted(line for line in text.splitlines()
+                  if line.startswith("#SBATCH") and line.split("=")[0].split()[-1] in RESOURCE_FLAGS)
+
+
+@pytest.mark.parametrize("config", [None, REPO / "configs" / "campaign-gpu.yaml"])
+def test_plain_sbatch_scripts_request_what_submitit_requests(tmp_path, capsys, config):
+    """`submit --write-sbatch` (slurm/submit_all.sh) writes, per job or array, the resource lines of the
+    file submitit submits for the same unit, and the same setup lines (the real cluster reads them back:
+    tests/test_slurm_cluster.py)."""
+    extra = ["--config", str(config)] if config else []
+    extra += ["--set", "campaign.setup=[export MARK=1]"]
+    assert _submit(Cluster(), tmp_path / "a", tmp_path, *extra) == 0
+    submitted = _sbatch_files(tmp_path / "a")
+    capsys.readouterr()
+    with Cluster().context():
+        assert cli.main(["submit", "--write-sbatch", "--run-dir", str(tmp_path / "b"), "--set",
+                         f"data.root={tmp_path / 'tree'}", *sum((["--set", s] for s in SETTINGS), []), *extra]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    scripts = {}
+    for unit, _dependency, _waits, script in lines:
+        text = Path(script).read_text()
+        scripts[re.search(r"--job-name=(\S+)", text).group(1)] = text
+    assert set(scripts) == set(submitted) and len(scripts) == 8
+    for name, text in scripts.items():
+        assert _resource_lines(text) == _resource_lines(submitted[name]), name
+        assert "export MARK=1" in text.splitlines() and "export MARK=1" in submitted[name].splitlines()
+    assert [line[0] for line in lines] == ["pack", "cnn-official", "cnn-folds", "cnn-augment-flips", "wavelet-features",
+                                           "wavelet-classify", "baseline-greylevel-rf", "aggregate"]
+    assert lines[5][1:3] == ["afterok", "wavelet-features"] and lines[2][1:3] == ["afterok", "pack"]
+    assert lines[-1][1] == "afterany" and lines[-1][2].split(",") == [line[0] for line in lines[:-1]]
+    if config:
+        official = scripts["mc-cnn-official"]
+        for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --gres=gpu:2",
+                     "#SBATCH --partition=gpu"):
+            assert line in official.splitlines()
+        assert "#SBATCH --partition=cpu" in scripts["mc-wavelet-features"]
+
+
+def test_dry_run_json_and_gpu_requests(tmp_path, capsys):
+    gpu = ["--config", str(REPO / "configs" / "campaign-gpu.yaml")]
+    assert _submit(Cluster(), tmp_path / "run", tmp_path, *gpu, "--dry-run", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    jobs = {j["key"]: j for j in plan["jobs"]}
+    assert plan["counts"]["to_submit"] == 12 and plan["warnings"] == [] and not (tmp_path / "run").exists()
+    assert plan["setup"][0] == "module load cuda/12.2"
+    off = jobs["cnn-official"]
+    r = off["resources"]
+    assert (r["nodes"], r["tasks_per_node"], r["gpus_per_node"]) == (2, 2, 2)
+    assert off["tasks"] == 4 and off["array"] is None and off["command"][:2] == ["microcal-hpc", "train"]
+    assert jobs["cnn-fold-2"]["resources"]["gpus_per_node"] == 1 and jobs["cnn-fold-2"]["array"] == "cnn-folds"
+    units = {u["name"]: u for u in plan["units"]}
+    assert "#SBATCH --gres=gpu:2" in units["cnn-official"]["sbatch"]
+    assert units["cnn-official"]["dependency"] == "afterok:<pack>"
+    # the text form: GPU requests, one task per GPU, srun's MPI plugin; a warning when they do not pair up
+    assert _submit(Cluster(), tmp_path / "run", tmp_path, *gpu, "--dry-run",
+                   "--set", "campaign.job_resources.cnn/official.tasks_per_node=4") == 0
+    out = capsys.readouterr().out
+    assert ("warning: campaign.job_resources.cnn/official: 4 task(s) per node but 2 GPU(s) per node; each training "
+            "rank uses one GPU: set tasks_per_node = gpus_per_node") in out
+    assert "exec srun --unbuffered --mpi=pmix --kill-on-bad-exit=1" in out and "#SBATCH --gres=gpu:1" in out

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
 from pathlib import Path
 
 import pytest
 
 from microcal_hpc.config import load_config
 from microcal_hpc.errors import ConfigError
-from microcal_hpc.launcher import executors, records, status
+from microcal_hpc.launcher import executors, records, sbatch, status
 from microcal_hpc.launcher.plan import build_plan, selection
 
 
@@ -150,12 +151,12 @@ def test_slurm_parameters_carry_the_resources(tmp_path):
     assert p["mem"] == "1536MB" and p["time"] == 90 and p["signal_delay_s"] == 120
     assert p["additional_parameters"] == {"dependency": "afterok:12", "kill-on-invalid-dep": "yes",
                                           "requeue": True, "constraint": "v100", "mail-type": "END"}
-    text = executors.render_sbatch(cfg, folds, plan.run_dir, "afterok:12")
+    text = sbatch.render_job_script(cfg, folds, "afterok:12")
     for line in ["#SBATCH --array=0-4%2", "#SBATCH --gres=gpu:1", "#SBATCH --partition=gpu",
                  "#SBATCH --account=proj42", "#SBATCH --dependency=afterok:12", "#SBATCH --requeue",
-                 "#SBATCH --signal=USR2@120", "#SBATCH --constraint=v100",
-                 f"#SBATCH --output={plan.run_dir}/logs/%A_%a/%A_%a_0_log.out"]:
-        assert line in text, line
+                 "#SBATCH --constraint=v100", f"#SBATCH --output={plan.run_dir}/logs/%x-%A_%a.out"]:
+        assert line in text.splitlines(), line
+    assert "--signal" not in text  # submitit's USR2 would kill a plain script's job: only submitit asks for it
     feat = executors.slurm_parameters(cfg, [plan.get("wavelet-features")], None)
     assert feat["ntasks_per_node"] == 2 and "gres" not in feat and "additional_parameters" not in feat
     assert feat["srun_args"] == ["--mpi=pmix", "--kill-on-bad-exit=1"] and "srun_args" not in p  # srun's PMIx
@@ -164,8 +165,8 @@ def test_slurm_parameters_carry_the_resources(tmp_path):
     hp = executors.slurm_parameters(hvd, [build_plan(hvd, tmp_path / "run").get("cnn-official")], None)
     assert hp["ntasks_per_node"] == 4 and hp["gres"] == "gpu:4"
     assert hp["srun_args"] == ["--mpi=pmix", "--kill-on-bad-exit=1"]
-    assert "srun --unbuffered" in (t := executors.render_sbatch(cfg, [plan.get("wavelet-features")], plan.run_dir,
-                                                                 None)) and "--mpi=pmix" in t
+    t = sbatch.render_job_script(cfg, [plan.get("wavelet-features")])
+    assert 'exec srun --unbuffered --mpi=pmix --kill-on-bad-exit=1 "${cmd[@]}"' in t.splitlines()
     assert "partition" not in feat  # empty partition: the cluster's default
     assert executors.signal_delay_s(5) == 30 and executors.signal_delay_s(1) == 10
 
@@ -233,6 +234,8 @@ def test_status_table_lists_plan_jobs_not_submitted(tmp_path):
                            "campaign.wavelet=false"), tmp_path / "run")
     run = plan.run_dir
     records.new_submission(run, plan.get("pack"), "local")
+    Path(plan.get("pack").outputs[0]).parent.mkdir(parents=True)
+    Path(plan.get("pack").outputs[0]).write_bytes(b"")  # the job wrote its output
     records.update_record(run, "pack", state="COMPLETED", started="2024-01-01T10:00:00+00:00",
                           ended="2024-01-01T10:01:05+00:00", elapsed_s=65.0, log_err=f"{run}/logs/1/1_0_log.err")
     records.new_submission(run, plan.get("cnn-official"), "local")
@@ -245,3 +248,95 @@ def test_status_table_lists_plan_jobs_not_submitted(tmp_path):
     text = status.format_table(rows, run)
     assert "logs/1/1_0_log.err" in text and "cnn/official: ValueError: bad" in text
     assert text.splitlines()[-1].startswith("4 jobs: 2 NOT_SUBMITTED")
+
+
+@pytest.mark.parametrize("switches", [[], ["campaign.official=false", "campaign.wavelet=false", "train.fold=1",
+                                           "train.augment=flips", "campaign.augment_presets=[flips,strong]"]])
+def test_each_jobs_command_runs_the_same_job_by_hand(tmp_path, switches):
+    """`microcal-hpc <command>` with the run's config.yaml gives the job the Config, the arguments and the
+    function the launcher calls: the by-hand line, the plain sbatch scripts and submitit run one job."""
+    from jobs.cli import COMMANDS, build_parser
+    from microcal_hpc.cli import config_from_args
+    from microcal_hpc.config import save_config
+    from microcal_hpc.launcher.jobkinds import KINDS
+    from microcal_hpc.launcher.worker import resolve_function
+
+    plan = build_plan(_cfg(tmp_path, *switches), tmp_path / "run")
+    save_config(plan.config, Path(plan.run_dir) / "config.yaml")  # what the submission writes
+    parser = build_parser()
+    for spec in plan:
+        kind = KINDS[spec.kind]
+        assert spec.command[:2] == ("microcal-hpc", kind.command) and kind.command in COMMANDS
+        args = parser.parse_args(list(spec.command[1:]))
+        assert config_from_args(args).to_dict() == spec.config.to_dict(), spec.key
+        given = [getattr(args, flag.lstrip("-").replace("-", "_")) for flag in kind.flags]
+        assert tuple(given) == spec.args, spec.key
+        assert callable(resolve_function(spec.function))
+    assert plan.get("cnn-fold-1").config.train.fold == 1
+    if switches:  # the campaign's own train.fold/augment do not leak into the augmentation jobs
+        assert (plan.get("cnn-augment-strong").config.train.fold, plan.get("cnn-augment-strong").config.train.augment) \
+            == (None, "strong")
+
+
+@pytest.mark.parametrize("switches", [[], ["campaign.official=false", "campaign.cv_folds=3", "campaign.baseline=false",
+                                           "classify.classifiers=[lr]", "classify.feature_sets=[stats]"],
+                                      ["campaign.wavelet=false", "campaign.augment_presets=[]", "campaign.cv_folds=0"]])
+def test_the_report_expects_the_model_jobs_of_the_plan(tmp_path, switches):
+    from microcal_hpc.report.collect import expected_jobs
+
+    cfg = _cfg(tmp_path, *switches)
+    plan = build_plan(cfg, tmp_path / "run")
+    from_plan: dict[str, list[str]] = {"cnn": [], "wavelet": [], "baseline": []}
+    for s in plan:
+        for arm in from_plan:
+            base = Path(plan.run_dir) / arm
+            from_plan[arm] += [str(Path(o).parent.relative_to(base)) for o in s.outputs
+                               if Path(o).is_relative_to(base) and Path(o).name == "metrics.json"]
+    expected = expected_jobs(cfg)
+    assert {arm: expected[arm] for arm in from_plan} == from_plan
+    assert expected["cnn_folds"] == [s.name for s in plan if s.array == "cnn-folds"]
+
+
+def test_job_resources_make_one_training_job_data_parallel(tmp_path):
+    cfg = _cfg(tmp_path, "campaign.resources.train.gpus_per_node=1", "campaign.resources.train.partition=gpu",
+               "campaign.job_resources={cnn/official: {nodes: 2, tasks_per_node: 2, gpus_per_node: 2, time_min: 30}}")
+    plan = build_plan(cfg, tmp_path / "run")
+    off = plan.get("cnn-official")
+    assert off.tasks == 4 and off.array is None and off.resources.partition == "gpu"  # the rest from its type
+    p = executors.slurm_parameters(cfg, [off])
+    assert (p["nodes"], p["ntasks_per_node"], p["gres"], p["time"]) == (2, 2, "gpu:2", 30)
+    assert p["srun_args"] == ["--mpi=pmix", "--kill-on-bad-exit=1"]  # one Horovod rank per task, started by srun
+    fold = plan.get("cnn-fold-0")
+    assert fold.tasks == 1 and fold.array == "cnn-folds" and executors.slurm_parameters(cfg, [fold])["gres"] == "gpu:1"
+    assert cfg.campaign.warnings() == []
+    # a job with its own resources leaves its array: an array is one request for all of its tasks
+    cfg = _cfg(tmp_path, "campaign.job_resources={cnn/fold-1: {mem_gb: 16}}")
+    plan = build_plan(cfg, tmp_path / "run")
+    assert [s.key for s in plan if s.array == "cnn-folds"] == [f"cnn-fold-{k}" for k in (0, 2, 3, 4)]
+    assert plan.get("cnn-fold-1").resources.mem_gb == 16 and plan.get("cnn-fold-1").array is None
+    # tasks that do not pair up with GPUs: valid, but a warning
+    cfg = _cfg(tmp_path, "campaign.job_resources={cnn/official: {tasks_per_node: 4, gpus_per_node: 2}}")
+    assert cfg.campaign.warnings() == ["campaign.job_resources.cnn/official: 4 task(s) per node but 2 GPU(s) per "
+                                       "node; each training rank uses one GPU: set tasks_per_node = gpus_per_node"]
+    with pytest.raises(ConfigError, match=r"campaign.job_resources: no job cnn/fold-7 in this campaign; its jobs: "
+                                          r"pack/pack, cnn/official, cnn/fold-0"):
+        build_plan(_cfg(tmp_path, "campaign.job_resources={cnn/fold-7: {nodes: 2}}"), tmp_path / "run")
+
+
+def test_the_job_environment_goes_into_both_paths(tmp_path):
+    cfg = _cfg(tmp_path, "campaign.setup=[module load cuda/12.2, source /opt/venv/bin/activate]",
+               "campaign.container=apptainer exec --nv '/images/my microcal.sif'")
+    plan = build_plan(cfg, tmp_path / "run")
+    # submitit: its setup lines, and python inside the container
+    unit = [s for s in plan if s.array == "cnn-folds"]
+    assert executors.slurm_parameters(cfg, unit)["setup"] == ["module load cuda/12.2", "source /opt/venv/bin/activate"]
+    assert executors.submitit_python(cfg) == "apptainer exec --nv '/images/my microcal.sif' python3"
+    assert executors.submitit_python(_cfg(tmp_path)) is None  # the launcher's own interpreter
+    # the plain script: the same lines first, then the job's command under srun, inside the container
+    lines = sbatch.render_job_script(cfg, unit).splitlines()
+    assert lines.index("module load cuda/12.2") < lines.index("source /opt/venv/bin/activate") < \
+        lines.index("set -euo pipefail")
+    assert lines[-1] == """exec srun --unbuffered apptainer exec --nv '/images/my microcal.sif' "${cmd[@]}\""""
+    assert "  3) job=cnn/fold-3; cmd=(" + shlex.join(plan.get("cnn-fold-3").command) + ") ;;" in lines
+    feat = sbatch.render_job_script(cfg, [plan.get("wavelet-features")]).splitlines()
+    assert feat[-1].startswith("exec srun --unbuffered --mpi=pmix --kill-on-bad-exit=1 apptainer exec --nv")

@@ -3,16 +3,23 @@ started once for this module by tests/slurm_cluster/start.sh and stopped at tear
 
 1. `microcal-hpc submit --executor slurm`: a tiny campaign (real data, 1 epoch, 2 folds as an array,
    1 augmentation preset, MPI wavelet features on 2 tasks, 2 classifiers) completes; every CNN job
-   asked for --gres=gpu:1 and ran with CUDA_VISIBLE_DEVICES set (on CPU: TF sees no real GPU).
-2. slurm/submit_all.sh (plain sbatch scripts chained with --dependency) completes the same campaign.
-3. scancel of a running training job: `microcal-hpc status` reports it CANCELLED.
-4. Preemption: USR2 (SLURM's pre-time-limit/preemption signal) to a running training job: submitit
+   asked for --gres=gpu:1 and ran with CUDA_VISIBLE_DEVICES set (on CPU: TF sees no real GPU); every
+   job ran campaign.setup (a line that leaves a mark) and its command inside campaign.container (a
+   wrapper that leaves a mark).
+2. slurm/submit_all.sh (the plain sbatch scripts of `submit --write-sbatch`, chained with --dependency)
+   completes the same campaign, with the same setup and container marks.
+3. Both paths ask SLURM for the same jobs: the default and the GPU config (configs/campaign-gpu.yaml:
+   a 2-node, 4-GPU Horovod job, GPU and CPU partitions, account and QOS) submitted held, through
+   submitit and through submit_all.sh; what `scontrol show job` recorded is compared job by job.
+4. scancel of a running training job: `microcal-hpc status` reports it CANCELLED.
+5. Preemption: USR2 (SLURM's pre-time-limit/preemption signal) to a running training job: submitit
    checkpoints and requeues it; it resumes and ends with the full number of epochs in history.json.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,9 +86,26 @@ def slurm_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def status_rows(run: Path) -> dict[str, dict]:
+def job_environment(marks: Path) -> list[str]:
+    """``--set`` values giving every job a setup line and a container wrapper that each leave a mark in
+    ``marks`` (the job id and, for the wrapper, the command it was asked to run)."""
+    marks.mkdir(parents=True, exist_ok=True)
+    wrapper = marks / "container.sh"
+    wrapper.write_text('#!/bin/sh\necho "${SLURM_JOB_ID:-?} $*" >> "$(dirname "$0")/container.log"\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    setup = f'echo "$SLURM_JOB_ID" >> {marks / "setup.log"}'
+    return [f"campaign.setup=['{setup}']", f"campaign.container={wrapper}"]
+
+
+def marks_of(marks: Path, name: str) -> list[str]:
+    path = marks / name
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def status_rows(run: Path, exit_code: int = 0) -> dict[str, dict]:
+    """`microcal-hpc status --json` (exit 0: every job completed or still going; 1: not)."""
     proc = microcal(["status", "--run-dir", str(run), "--json"], slurm_env(), 120)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == exit_code, proc.stderr
     return {r["key"]: r for r in json.loads(proc.stdout)}
 
 
@@ -108,15 +132,23 @@ def sacct_states(ids: list[str]) -> dict[str, str]:
     return {line.split("|")[0]: line.split("|")[1].split(" ")[0] for line in out.splitlines() if "|" in line}
 
 
+def raw_job_ids(job_ids: list[str]) -> set[str]:
+    """The jobs' own SLURM_JOB_IDs: every task of an array (``12``, ``12_1``) has one of its own."""
+    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw", "-j", ",".join(bases)], capture_output=True,
+                         text=True, timeout=60).stdout.split()
+    return set(out)
+
+
 def squeue_text() -> str:
     return subprocess.run(["squeue"], capture_output=True, text=True, timeout=60).stdout
 
 
 @pytest.mark.timeout(420)
 def test_submitit_campaign_completes_on_slurm(slurm_cluster, real_root, tmp_path):
-    run = tmp_path / "run"
+    run, marks = tmp_path / "run", tmp_path / "marks"
     args = ["submit", "--executor", "slurm", "--run-dir", str(run), "--set", f"data.root={real_root}"]
-    for s in [*TINY, *SMALL]:
+    for s in [*TINY, *SMALL, *job_environment(marks)]:
         args += ["--set", s]
     t0 = time.time()
     proc = microcal(args, slurm_env(), 120)
@@ -146,33 +178,39 @@ def test_submitit_campaign_completes_on_slurm(slurm_cluster, real_root, tmp_path
     wait_for(lambda: sacct_states([agg]).get(agg) in TERMINAL, 60, "sacct to see the report job end", squeue_text)
     assert sacct_states([agg]) == {agg: "COMPLETED"}
     assert json.loads((run / "manifest.json").read_text())["ended"]
+    # campaign.setup ran in every job (array tasks have ids of their own); every task of every job ran
+    # inside campaign.container, which started submitit's python (2 tasks for the MPI job)
+    own_ids = raw_job_ids([rec["job_id"] for rec in recs.values()])
+    assert len(own_ids) == 9 and own_ids == set(marks_of(marks, "setup.log")), marks_of(marks, "setup.log")
+    wrapped = marks_of(marks, "container.log")
+    assert all(" python3 -u -m submitit.core._submit " in line for line in wrapped), wrapped
+    assert sorted(line.split()[0] for line in wrapped) == sorted([*own_ids, recs["wavelet-features"]["job_id"]])
     print(f"\nSLURM (submitit): tiny campaign submit -> end {elapsed:.1f} s")
 
 
 @pytest.mark.timeout(420)
 def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
-    run = tmp_path / "run"
-    env = slurm_env(MEM_TRAIN="1G", MEM_OTHER="1G", MEM_WAVELET="1G", CPUS_TRAIN="1", GRES_TRAIN="gpu:1",
-                    TIME_TRAIN="00:10:00")
+    run, marks = tmp_path / "run", tmp_path / "marks"
     cmd = ["bash", str(REPO / "slurm" / "submit_all.sh"), "--run-dir", str(run), "--set", f"data.root={real_root}"]
-    for s in TINY:
+    for s in [*TINY, *SMALL, *job_environment(marks)]:
         cmd += ["--set", s]
     t0 = time.time()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=slurm_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     ids = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
            if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert set(ids) == {"pack", "cnn-official", "cnn-folds", "cnn-augment", "wavelet", "baseline", "aggregate"}
+    assert set(ids) == {"pack", "cnn-official", "cnn-folds", "cnn-augment-flips", "wavelet-features",
+                        "wavelet-classify", "baseline-greylevel-rf", "aggregate"}
 
     def logs() -> str:
         text = [squeue_text(), json.dumps(sacct_states(list(ids.values())))]
-        for p in sorted((run / "logs").glob("*.out")):
+        for p in sorted((run / "logs").glob("*.*")):
             text.append(f"--- {p}\n{p.read_text(errors='replace')[-2500:]}")
         return "\n".join(text)
 
     def finished() -> bool:
         states = sacct_states(list(ids.values()))
-        return len(states) >= 8 and all(s in TERMINAL for s in states.values())
+        return len(states) >= 9 and all(s in TERMINAL for s in states.values())
 
     wait_for(finished, 360, "submit_all.sh's jobs to end", logs, every=2.0)
     elapsed = time.time() - t0
@@ -186,8 +224,86 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
             assert (run / "wavelet" / fs / clf / "metrics.json").is_file(), logs()
     assert (run / "baseline" / "greylevel-rf" / "metrics.json").is_file()
     assert (run / "report" / "report.html").is_file()
-    assert "2 MPI rank(s)" in next((run / "logs").glob("mc-wavelet-*.out")).read_text()
+    assert "on 2 rank(s)" in (run / "wavelet" / "features.log").read_text()  # srun --mpi=pmix: one MPI world
+    # the same job environment: setup in every job, every command inside the container wrapper
+    own_ids = raw_job_ids(list(ids.values()))
+    assert len(own_ids) == 9 and own_ids == set(marks_of(marks, "setup.log")), marks_of(marks, "setup.log")
+    wrapped = marks_of(marks, "container.log")
+    assert sum(" microcal-hpc wavelet-features --config " in line for line in wrapped) == 2  # one per MPI task
+    assert {line.split()[2] for line in wrapped} == {"pack", "train", "wavelet-features", "wavelet-classify",
+                                                     "baseline", "aggregate"}
+    # status reads the outputs of jobs it has no record of: everything COMPLETED, exit 0
+    proc = microcal(["status", "--run-dir", str(run)], slurm_env(), 120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"\nSLURM (submit_all.sh): tiny campaign submit -> end {elapsed:.1f} s")
+
+
+# what scontrol records of a job's request, compared between the two paths
+REQUEST_FIELDS = ("Partition", "Account", "QOS", "TimeLimit", "NumNodes", "NumTasks", "CPUs/Task", "MinMemoryNode",
+                  "TresPerNode", "ArrayTaskId", "Requeue", "KillOInInvalidDependent", "Reason")
+
+
+def slurm_requests(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """{job name: the request SLURM recorded} of pending jobs; dependencies by job name."""
+    raw = []
+    for jid in sorted({str(j).split("_")[0] for j in job_ids}):
+        text = subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True,
+                              timeout=60).stdout
+        raw += [dict(re.findall(r"(\S+?)=(\S*)", line)) for line in text.splitlines() if line.strip()]
+    name_of = {f.get("ArrayJobId") or f["JobId"]: f["JobName"] for f in raw}
+    out = {}
+    for f in raw:
+        request = {k: f.get(k) for k in REQUEST_FIELDS}
+        deps = [d for d in (f.get("Dependency") or "").split(",") if d and d != "(null)"]
+        request["Dependency"] = sorted(f"{d.split(':')[0]}:{name_of[re.sub(r'[_(].*', '', d.split(':')[1])]}"
+                                       for d in deps)
+        out[f["JobName"]] = request
+    return out
+
+
+HELD = [f"campaign.resources.{t}.extra={{hold: true}}" for t in
+        ("pack", "train", "wavelet_features", "wavelet_classify", "aggregate")]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("config", ["default", "gpu"])
+def test_both_paths_ask_slurm_for_the_same_jobs(slurm_cluster, real_root, tmp_path, config):
+    settings = [f"data.root={real_root}", *HELD]
+    args = ["--config", str(REPO / "configs" / "campaign-gpu.yaml")] if config == "gpu" else []
+    if config == "gpu":  # the test cluster's account and QOS: both must reach SLURM too
+        settings += ["campaign.resources.train.account=microcal", "campaign.resources.train.qos=microcal"]
+    for s in settings:
+        args += ["--set", s]
+    submitted: list[str] = []
+    try:
+        proc = microcal(["submit", "--executor", "slurm", "--run-dir", str(tmp_path / "submitit"), *args],
+                        slurm_env(), 120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        via_submitit = [r["job_id"] for r in records(tmp_path / "submitit").values()]
+        submitted += via_submitit
+        proc = subprocess.run(["bash", str(REPO / "slurm" / "submit_all.sh"), "--run-dir", str(tmp_path / "plain"),
+                               *args], env=slurm_env(), capture_output=True, text=True, timeout=120)
+        via_sbatch = [line.split()[1] for line in proc.stdout.splitlines()
+                      if len(line.split()) == 2 and line.split()[1].isdigit()]
+        submitted += via_sbatch
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        a, b = slurm_requests(via_submitit), slurm_requests(via_sbatch)
+    finally:
+        if submitted:
+            subprocess.run(["scancel", *sorted({j.split("_")[0] for j in submitted})], timeout=60)
+    assert set(a) == set(b) and len(a) == 8  # 13 jobs: the folds and the presets are one array each
+    for name in a:
+        assert a[name] == b[name], (name, a[name], b[name])
+    assert all(r["Reason"] == "JobHeldUser" for r in a.values())
+    assert a["mc-cnn-folds"]["ArrayTaskId"] == "0-4%5" and a["mc-cnn-folds"]["Dependency"] == ["afterok:mc-pack"]
+    assert a["mc-aggregate"]["Dependency"] == sorted(f"afterany:{n}" for n in a if n != "mc-aggregate")
+    if config == "gpu":
+        official = a["mc-cnn-official"]
+        assert (official["Partition"], official["NumNodes"], official["NumTasks"], official["TresPerNode"]) == \
+            ("gpu", "2-2", "4", "gres:gpu:2")
+        assert (official["Account"], official["QOS"]) == ("microcal", "microcal")
+        assert a["mc-cnn-folds"]["TresPerNode"] == "gres:gpu:1" and a["mc-wavelet-features"]["Partition"] == "cpu"
+        assert a["mc-wavelet-features"]["NumTasks"] == "8"
 
 
 def _submit_training(run: Path, packed: Path, epochs: int):
@@ -224,7 +340,7 @@ def test_scancel_of_running_training_is_reported_cancelled(slurm_cluster, packed
                  "status to report CANCELLED", lambda: explain(run) + squeue_text())
     finally:
         subprocess.run(["scancel", job_id], timeout=60)
-    row = status_rows(run)["cnn-official"]
+    row = status_rows(run, exit_code=1)["cnn-official"]
     assert row["source"] == "sacct" and row["job_id"] == job_id
     table = microcal(["status", "--run-dir", str(run)], slurm_env(), 60).stdout
     assert "CANCELLED" in table and f"logs/{job_id}/{job_id}_0_log.err" in table

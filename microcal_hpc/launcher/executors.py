@@ -2,7 +2,8 @@
 LocalExecutor, waits, at most ``campaign.max_parallel`` jobs at once) and debug (in-process, in order).
 
 SLURM: one ``sbatch`` per job, one job array per array group (CV folds, augmentation presets), with
-per-job-type resources from ``campaign.resources`` and the plan's dependencies as SLURM dependencies
+each job's resources (``spec.resources``: ``campaign.resources`` of its type, ``campaign.job_resources``),
+``campaign.setup`` and ``campaign.container``, and the plan's dependencies as SLURM dependencies
 (``afterok``; ``afterany`` for the report; ``--kill-on-invalid-dep=yes`` so that jobs after a failed
 one are cancelled instead of pending forever). Logs: ``RUN/logs/<job id>/``.
 """
@@ -21,7 +22,7 @@ from typing import Any, Callable, Optional, TextIO
 from microcal_hpc.config import Config
 from microcal_hpc.errors import MicrocalError
 from microcal_hpc.launcher import records
-from microcal_hpc.launcher.plan import JobSpec, Plan
+from microcal_hpc.launcher.plan import JobSpec, Plan, unit_name
 
 SIGNAL_DELAY_MAX_S = 120  # USR2 this long before the time limit: submitit checkpoints and requeues
 
@@ -51,12 +52,13 @@ def mem_string(mem_gb: float) -> str:
 
 
 def slurm_parameters(cfg: Config, unit: list[JobSpec], dependency: Optional[str] = None) -> dict[str, Any]:
-    """``SlurmExecutor.update_parameters`` keywords of one submission unit (a job or an array)."""
+    """``SlurmExecutor.update_parameters`` keywords of one submission unit (a job or an array): the unit's
+    resources (``spec.resources``: its job type's, or its own from ``campaign.job_resources``) and the
+    campaign's job environment (``campaign.setup``)."""
     spec = unit[0]
-    res = cfg.resources(spec.job_type)
-    name = spec.array if len(unit) > 1 and spec.array else spec.key
+    res = spec.resources
     params: dict[str, Any] = {
-        "job_name": f"mc-{name}",
+        "job_name": f"mc-{unit_name(unit)}",
         "time": int(res.time_min),
         "nodes": int(res.nodes),
         "ntasks_per_node": int(res.tasks_per_node),
@@ -71,10 +73,12 @@ def slurm_parameters(cfg: Config, unit: list[JobSpec], dependency: Optional[str]
             params[key] = getattr(res, key)
     if res.gpus_per_node > 0:
         params["gres"] = f"gpu:{int(res.gpus_per_node)}"
-    if res.tasks_per_node * res.nodes > 1 and cfg.campaign.srun_mpi:
+    if res.tasks > 1 and cfg.campaign.srun_mpi:
         # MPI ranks (wavelet features) and Horovod ranks (train, one task per GPU) started by srun need
         # its PMI plugin; one failing rank ends the step instead of leaving the others waiting
         params["srun_args"] = [f"--mpi={cfg.campaign.srun_mpi}", "--kill-on-bad-exit=1"]
+    if cfg.campaign.setup:
+        params["setup"] = list(cfg.campaign.setup)
     extra: dict[str, Any] = {}
     if dependency:
         extra["dependency"] = dependency
@@ -85,6 +89,14 @@ def slurm_parameters(cfg: Config, unit: list[JobSpec], dependency: Optional[str]
     if extra:
         params["additional_parameters"] = extra
     return params
+
+
+def submitit_python(cfg: Config) -> Optional[str]:
+    """The ``python`` of submitit's job command: the launcher's own interpreter, or, with
+    ``campaign.container``, ``python3`` inside the container (``CONTAINER python3 -u -m submitit...``)."""
+    if not cfg.campaign.container:
+        return None
+    return shlex.join([*shlex.split(cfg.campaign.container), "python3"])
 
 
 def dependency_string(unit: list[JobSpec], job_ids: dict[str, str]) -> Optional[str]:
@@ -100,18 +112,6 @@ def dependency_string(unit: list[JobSpec], job_ids: dict[str, str]) -> Optional[
     if not ids:
         return None
     return f"{unit[0].dependency}:{':'.join(ids)}"
-
-
-def render_sbatch(cfg: Config, unit: list[JobSpec], run_dir: str | os.PathLike, dependency: Optional[str]) -> str:
-    """The sbatch file submitit would write for this unit (for ``--dry-run``)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    params = slurm_parameters(cfg, unit, dependency)
-    folder = log_folder(run_dir)
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    if len(unit) > 1:
-        params["map_count"] = len(unit)
-    return _make_sbatch_string(command=command, folder=folder, **params)
 
 
 class SubmissionError(MicrocalError):
@@ -152,7 +152,7 @@ def submit_slurm(cfg: Config, plan: Plan, todo: list[JobSpec], active_ids: dict[
     folder = log_folder(plan.run_dir)
     for unit in plan.groups(todo):
         dep = dependency_string(unit, job_ids)
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=3, python=submitit_python(cfg))
         ex.update_parameters(**slurm_parameters(cfg, unit, dep))
         for spec in unit:
             records.new_submission(plan.run_dir, spec, "slurm")
@@ -163,8 +163,8 @@ def submit_slurm(cfg: Config, plan: Plan, todo: list[JobSpec], active_ids: dict[
             reason = " ".join(str(e).split())[:400]
             for spec in unit:
                 records.update_record(plan.run_dir, spec.key, state="FAILED", error=f"submission failed: {reason}")
-            _cancel_submitted(plan.run_dir, submitted, f"{unit[0].array or unit[0].key} could not be submitted")
-            raise SubmissionError(f"sbatch refused {unit[0].array or unit[0].key}: {reason} (the "
+            _cancel_submitted(plan.run_dir, submitted, f"{unit_name(unit)} could not be submitted")
+            raise SubmissionError(f"sbatch refused {unit_name(unit)}: {reason} (the "
                                   f"{len(submitted)} job(s) submitted before it were cancelled)") from None
         submitted.update({s.key: j.job_id for s, j in zip(unit, jobs)})
         for i, (spec, job) in enumerate(zip(unit, jobs)):

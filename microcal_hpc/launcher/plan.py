@@ -9,24 +9,29 @@
            └── baseline/greylevel-rf
                                        └── all of them ──(afterany)── report/aggregate
 
-Every job is a :class:`JobSpec`: where it sits (stage, name), which resources it needs (job type),
-what to call (a ``module:function`` name, the job's own Config, positional arguments) and what it
-waits for. Specs are plain picklable data; :func:`microcal_hpc.launcher.worker.run_spec` runs one.
+Which jobs exist, what runs them and what they write is declared once, in
+:mod:`microcal_hpc.launcher.jobkinds`; this module turns that into :class:`JobSpec` objects with paths,
+resources and the job's own Config. Specs are plain picklable data;
+:func:`microcal_hpc.launcher.worker.run_spec` runs one, and ``spec.command`` is the ``microcal-hpc`` line
+that runs the same job by hand (with the run's config.yaml, written at submission).
 """
 from __future__ import annotations
 
 import copy
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from microcal_hpc.baseline import BASELINE_NAME
-from microcal_hpc.config import Config
+from microcal_hpc.config import Config, ResourceConfig, apply_overrides, config_from_dict
 from microcal_hpc.errors import ConfigError
+from microcal_hpc.launcher.jobkinds import KINDS, PlannedJob, campaign_jobs
 
 # stages in campaign order (status tables sort by this)
-STAGES = ("pack", "cnn", "wavelet", "baseline", "report")
+STAGES = tuple(dict.fromkeys(k.stage for k in KINDS.values()))
+# the command that runs one job by hand (the console script of this package)
+PROGRAM = "microcal-hpc"
 
 
 @dataclass
@@ -34,26 +39,42 @@ class JobSpec:
     """One job of the campaign.
 
     ``key`` is unique in the campaign and names the record ``RUN/jobs/<key>.json``. ``function`` is
-    ``"module:function"``, called as ``function(config, *args)``. ``array`` names the job array the
-    spec belongs to (specs with the same array are submitted together, as one SLURM array).
-    ``outputs`` are the files whose existence means the job is complete (written last, atomically).
+    ``"module:function"``, called as ``function(config, *args)``; ``command`` is the ``microcal-hpc``
+    command line doing the same (``config`` = the run's config.yaml with ``overrides`` applied).
+    ``array`` names the job array the spec belongs to (specs with the same array are submitted together,
+    as one SLURM array). ``outputs`` are the files whose existence means the job is complete (written
+    last, atomically); ``owned`` the files and folders it writes (moved aside when it is stale).
     """
 
     key: str
     stage: str
     name: str
+    kind: str  # a key of jobkinds.KINDS
     job_type: str  # resource section: pack | train | wavelet_features | wavelet_classify | aggregate
     function: str
     config: Config
     args: tuple[str, ...]
     outputs: tuple[str, ...]
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    overrides: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    owned: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
     dependency: str = "afterok"  # afterok | afterany (aggregate: runs whatever happened before)
     array: Optional[str] = None
-    tasks: int = 1  # MPI ranks (wavelet features)
+    tasks: int = 1  # processes: MPI ranks (wavelet features), Horovod ranks (data-parallel training)
     checkpointable: bool = False  # resumable: requeued on preemption/time-out
     job_log: str = ""  # the job's own log file (besides the launcher's stdout/stderr)
     run_dir: str = ""
+
+    @property
+    def label(self) -> str:
+        """``stage/name``, as tables and ``campaign.job_resources`` name the job."""
+        return f"{self.stage}/{self.name}"
+
+    def command_line(self) -> str:
+        """``command`` as one shell line."""
+        return shlex.join(self.command)
 
     def is_complete(self) -> bool:
         """True when every output exists."""
@@ -65,6 +86,7 @@ class Plan:
     """The ordered job specs of one campaign (dependencies always come first)."""
 
     run_dir: str
+    config: Config = field(default_factory=Config)  # the campaign's config (paths absolute, folds aligned)
     specs: list[JobSpec] = field(default_factory=list)
 
     def __iter__(self):
@@ -136,6 +158,19 @@ def align_folds(cfg: Config) -> Config:
     return cfg
 
 
+def unit_name(unit: list[JobSpec]) -> str:
+    """The name of a submission unit: its array, or its one job's key."""
+    return unit[0].array if len(unit) > 1 and unit[0].array else unit[0].key
+
+
+def job_config(cfg: Config, overrides: Iterable[str], source: str) -> Config:
+    """``cfg`` with ``section.key=value`` overrides applied, validated (a job's own Config)."""
+    overrides = list(overrides)
+    if not overrides:
+        return copy.deepcopy(cfg)
+    return config_from_dict(apply_overrides(cfg.to_dict(), overrides), source)
+
+
 def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
     """The campaign's job specs, in submission order. Pure: reads nothing but ``cfg`` (and, to decide
     whether a pack job is needed without a data root, whether the packed file exists)."""
@@ -143,74 +178,43 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
     run = Path(_abs(str(run_dir)) if run_dir else cfg.campaign.run_dir)
     cfg.campaign.run_dir = str(run)
     align_folds(cfg)
-    camp = cfg.campaign
     data = packed_path(cfg, run)
-    plan = Plan(run_dir=str(run))
-    add = plan.specs.append
-
-    def job(key, stage, name, job_type, function, job_cfg, args, outputs, **kw) -> JobSpec:
-        spec = JobSpec(key=key, stage=stage, name=name, job_type=job_type, function=function,
-                       config=job_cfg, args=tuple(str(a) for a in args),
-                       outputs=tuple(str(o) for o in outputs), run_dir=str(run), **kw)
-        add(spec)
-        return spec
-
-    # 1. pack (pack_job itself returns at once when the HDF5 is current)
-    upstream: tuple[str, ...] = ()
-    if cfg.data.root:
-        job("pack", "pack", "pack", "pack", "data_prep.pack:pack_job", cfg, [data], [data],
-            job_log=str(Path(data).with_name(Path(data).stem + ".pack.log")))
-        upstream = ("pack",)
-    elif not Path(data).exists():
+    if not cfg.data.root and not Path(data).exists():
         raise ConfigError(f"data.root is empty and {data} does not exist: set data.root (the image tree) "
                           "or data.packed (an existing packed file)")
-
-    # 2. CNN: official split, the k CV folds (one array), the augmentation presets (one array)
-    cnn_dir = run / "cnn"
-
-    def cnn_job(name: str, job_cfg: Config, array: Optional[str]) -> None:
-        folder = cnn_dir / name
-        job(f"cnn-{name}", "cnn", name, "train", "microcal_hpc.cnn.train:train_cnn", job_cfg,
-            [data, cnn_dir, name], [folder / "metrics.json"], depends_on=upstream, array=array,
-            checkpointable=True, job_log=str(folder / "train.log"))
-
-    if camp.official:
-        c = copy.deepcopy(cfg)
-        c.train.fold = None
-        cnn_job("official", c, None)
-    for k in range(camp.cv_folds):
-        c = copy.deepcopy(cfg)
-        c.train.fold, c.train.folds = k, camp.cv_folds
-        cnn_job(f"fold-{k}", c.validate(), "cnn-folds")
-    for preset in camp.augment_presets:
-        c = copy.deepcopy(cfg)
-        c.train.fold, c.train.augment = None, preset
-        cnn_job(f"augment-{preset}", c, "cnn-augment")
-
-    # 3. wavelet features (MPI) -> classifiers; grey-level shortcut baseline beside them
-    if camp.wavelet:
-        wdir = run / "wavelet"
-        features = wdir / "features.h5"
-        job("wavelet-features", "wavelet", "features", "wavelet_features", "microcal_hpc.wavelet.features_job:features_job",
-            cfg, [data, features], [features], depends_on=upstream,
-            tasks=cfg.resources("wavelet_features").tasks_per_node * cfg.resources("wavelet_features").nodes,
-            job_log=str(wdir / "features.log"))
-        outputs = [wdir / fs / clf / "metrics.json" for fs in cfg.classify.feature_sets
-                   for clf in cfg.classify.classifiers]
-        job("wavelet-classify", "wavelet", "classify", "wavelet_classify", "microcal_hpc.wavelet.classify:classify_job",
-            cfg, [features, wdir], outputs, depends_on=("wavelet-features",), job_log=str(wdir / "classify.log"))
-    if camp.baseline:
-        bdir = run / "baseline"
-        job(f"baseline-{BASELINE_NAME}", "baseline", BASELINE_NAME, "wavelet_classify", "microcal_hpc.baseline:baseline_job",
-            cfg, [data, bdir], [bdir / BASELINE_NAME / "metrics.json"], depends_on=upstream,
-            job_log=str(bdir / BASELINE_NAME / "baseline.log"))
-
-    # 4. the report, after every other job whatever its outcome (it reports failures too)
-    others = tuple(s.key for s in plan.specs)
-    job("aggregate", "report", "aggregate", "aggregate", "microcal_hpc.report.aggregate:aggregate_job", cfg, [run],
-        [run / "report" / "report.html"], depends_on=others, dependency="afterany",
-        job_log=str(run / "report" / "aggregate.log"))
+    jobs = campaign_jobs(cfg)
+    labels = {j.label for j in jobs}
+    unknown = sorted(set(cfg.campaign.job_resources) - labels)
+    if unknown:
+        raise ConfigError(f"campaign.job_resources: no job {', '.join(unknown)} in this campaign; "
+                          f"its jobs: {', '.join(j.label for j in jobs)}")
+    plan = Plan(run_dir=str(run), config=cfg)
+    config_file = str(run / "config.yaml")
+    for job in jobs:
+        plan.specs.append(_spec(job, cfg, run, data, config_file, list(plan.specs)))
     return plan
+
+
+def _spec(job: PlannedJob, cfg: Config, run: Path, data: str, config_file: str, before: list[JobSpec]) -> JobSpec:
+    kind = job.kind
+    paths = job.paths(cfg, run, data)
+    if "*" in kind.after:
+        depends_on, dependency = tuple(s.key for s in before), "afterany"
+    else:
+        depends_on, dependency = tuple(s.key for s in before if s.kind in kind.after), "afterok"
+    resources = cfg.resources(kind.resources, job.label)
+    own_resources = job.label in cfg.campaign.job_resources  # submitted alone: an array shares one request
+    command = [PROGRAM, kind.command, "--config", config_file]
+    for flag, arg in zip(kind.flags, paths.args):
+        command += [flag, arg]
+    for item in job.overrides:
+        command += ["--set", item]
+    return JobSpec(key=job.key, stage=kind.stage, name=job.name, kind=kind.name, job_type=kind.resources,
+                   function=kind.function, config=job_config(cfg, job.overrides, f"job {job.label}"),
+                   args=paths.args, outputs=paths.outputs, resources=resources, overrides=job.overrides,
+                   command=tuple(command), owned=paths.owned, depends_on=depends_on, dependency=dependency,
+                   array=None if own_resources else job.array, tasks=resources.tasks,
+                   checkpointable=kind.checkpointable, job_log=paths.log, run_dir=str(run))
 
 
 def selection(plan: Plan, complete: set[str], active: set[str]) -> list[JobSpec]:

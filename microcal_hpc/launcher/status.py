@@ -1,19 +1,25 @@
-"""The state of every job of a run directory: its records, corrected by SLURM (sacct, else squeue).
+"""The state of every job of a run directory: its records, corrected by SLURM (sacct, else squeue),
+checked against its outputs and the campaign's settings.
 
 A record tells what the launcher and the job itself wrote; SLURM knows what happened to a job the
 job could not report (cancelled, timed out, out of memory, killed on a failed dependency). The
-effective state is the job's own COMPLETED when it wrote one, else SLURM's view, else the record's.
+effective state is the job's own COMPLETED when it wrote one, else SLURM's view, else the record's;
+then the outputs decide: a job said COMPLETED whose outputs are not all there is INCOMPLETE, a job whose
+outputs were computed with other settings than the campaign's is STALE (:mod:`microcal_hpc.launcher.stale`),
+and a planned job without a record is COMPLETED when its outputs are there (jobs run by hand or by the
+plain sbatch scripts), else NOT_SUBMITTED. :func:`exit_code` is 0 only when every job is COMPLETED or
+still pending/running.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from microcal_hpc.launcher import records
+from microcal_hpc.launcher import records, stale
 from microcal_hpc.launcher.plan import STAGES
 
 
@@ -30,7 +36,8 @@ class JobStatus:
     log: Optional[str]
     executor: Optional[str]
     error: Optional[str] = None
-    source: str = "record"  # record | sacct | squeue | plan
+    source: str = "record"  # record | sacct | squeue | outputs | plan
+    stale: list[str] = field(default_factory=list)  # settings that differ: "train.epochs 25 -> 50"
 
     @property
     def elapsed(self) -> str:
@@ -176,8 +183,8 @@ def collect(run_dir: str | os.PathLike, use_slurm: Optional[bool] = None,
     """Status rows of every job of ``run_dir`` (records + SLURM), in campaign order.
 
     ``use_slurm``: query sacct/squeue for slurm records (default: when any record is a slurm job).
-    ``plan``: the campaign's job specs (key, stage, name) in order; those without a record are listed
-    as NOT_SUBMITTED.
+    ``plan``: the campaign's job specs in order (their outputs and settings are checked; those without a
+    record are listed as COMPLETED when their outputs are there, else as NOT_SUBMITTED).
     """
     specs = list(plan or [])
     order = [s.key for s in specs]
@@ -214,7 +221,8 @@ def collect(run_dir: str | os.PathLike, use_slurm: Optional[bool] = None,
     for spec in specs:
         if spec.key not in known:
             rows.append(JobStatus(key=spec.key, stage=spec.stage, name=spec.name, state="NOT_SUBMITTED", job_id=None,
-                                  elapsed_s=None, log=None, executor=None, source="plan"))
+                                  elapsed_s=None, log=spec.job_log, executor=None, source="plan"))
+    _check_outputs(rows, recs, specs)
     rank = {k: i for i, k in enumerate(order)}
 
     def sort_key(r: JobStatus):
@@ -222,6 +230,34 @@ def collect(run_dir: str | os.PathLike, use_slurm: Optional[bool] = None,
         return (rank.get(r.key, len(rank)), stage, r.name)
 
     return sorted(rows, key=sort_key)
+
+
+def _missing(outputs: Iterable[str]) -> list[str]:
+    return [p for p in outputs if not Path(p).exists()]
+
+
+def _check_outputs(rows: list[JobStatus], recs: dict[str, dict[str, Any]], specs: list[Any]) -> None:
+    """Let the outputs and settings correct the states of ``rows`` (in place): see the module docstring."""
+    by_key = {s.key: s for s in specs}
+    stale_reasons = stale.stale_jobs(specs)
+    for row in rows:
+        spec = by_key.get(row.key)
+        outputs = spec.outputs if spec else recs.get(row.key, {}).get("outputs") or []
+        missing = _missing(outputs)
+        if row.state == "NOT_SUBMITTED" and outputs and not missing:
+            row.state, row.source = "COMPLETED", "outputs"
+        if row.state == "COMPLETED" and missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            row.state, row.error = "INCOMPLETE", f"outputs missing: {missing[0]}{more}"
+        if row.state == "COMPLETED" and row.key in stale_reasons:
+            row.state, row.stale = "STALE", stale_reasons[row.key]
+            row.error = "computed with other settings: " + "; ".join(row.stale)
+
+
+def exit_code(rows: Iterable[JobStatus]) -> int:
+    """0 when every job is COMPLETED (with the campaign's settings) or still pending/running; else 1
+    (failed, cancelled, timed out, interrupted, incomplete, stale or not submitted)."""
+    return 0 if all(r.state == "COMPLETED" or r.state in records.ACTIVE for r in rows) else 1
 
 
 def format_table(rows: list[JobStatus], run_dir: str | os.PathLike | None = None) -> str:
@@ -250,6 +286,18 @@ def format_table(rows: list[JobStatus], run_dir: str | os.PathLike | None = None
     for r in failed:
         lines.append(f"  {r.stage}/{r.name}: {r.error}")
     return "\n".join(lines + [summary])
+
+
+def campaign_plan(run_dir: str | os.PathLike, config: Optional[str] = None, overrides: Iterable[str] = ()):
+    """The plan of the campaign in ``run_dir``: from its config.yaml (the settings of its last submission)
+    or from ``config``, with ``section.key=value`` overrides; None when there is no config to read."""
+    from microcal_hpc.config import load_config
+    from microcal_hpc.launcher.plan import build_plan
+
+    path = Path(config) if config else Path(run_dir) / "config.yaml"
+    if not config and not path.is_file():
+        return None
+    return build_plan(load_config(path, list(overrides)), run_dir)
 
 
 def reconcile(run_dir: str | os.PathLike, skip: Iterable[str] = ()) -> dict[str, str]:

@@ -21,7 +21,6 @@ import yaml
 from microcal_hpc.config import Config
 from microcal_hpc.errors import InputError
 from microcal_hpc.launcher import records
-from microcal_hpc.baseline import BASELINE_NAME
 
 PREDICTION_SPLITS = ("test", "val")
 # launcher/SLURM states: success, still going, everything else is a failure. Still going: the launcher's
@@ -350,13 +349,11 @@ def read_job_records(jobs_dir: Path, problems: list[str]) -> list[JobRecord]:
 
 
 def expected_jobs(cfg: Config) -> dict[str, list[str]]:
-    """Model jobs the config asks for, by arm (names as in docs/outputs.md)."""
-    c = cfg.campaign
-    folds = [f"fold-{k}" for k in range(c.cv_folds)]
-    cnn = (["official"] if c.official else []) + folds + [f"augment-{p}" for p in c.augment_presets]
-    wavelet = [f"{fs}/{clf}" for fs in cfg.classify.feature_sets for clf in cfg.classify.classifiers] if c.wavelet else []
-    baseline = [BASELINE_NAME] if c.baseline else []
-    return {"cnn": cnn, "cnn_folds": folds, "wavelet": wavelet, "baseline": baseline}
+    """Model jobs the config asks for, by arm (names as in docs/outputs.md), from the campaign's one
+    declaration of its jobs (:mod:`microcal_hpc.launcher.jobkinds`); "cnn_folds": the CNN's CV fold jobs."""
+    from microcal_hpc.launcher.jobkinds import expected_model_folders
+
+    return expected_model_folders(cfg)
 
 
 def _model_folders(arm_dir: Path, depth: int) -> list[tuple[str, Path]]:

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Start a real single-node SLURM cluster (slurmctld, slurmd, slurmdbd + MariaDB for sacct, munge)
 # with all its state in ONE folder, on private ports, with two fake GPUs. No systemd, no /etc changes.
+# Partitions: debug (the default), cpu and gpu. cpu and gpu also hold two configured-but-DOWN nodes
+# ghost1-2 (32 CPUs, 128 GB, gpu:4 each): jobs sized for a real GPU cluster (2 nodes, 4 GPUs) are
+# accepted and stay pending, so that what they asked for can be read back (scontrol show job); they
+# never run. Account "microcal" and QOS "microcal" exist for the user (--account/--qos are kept).
 #
 #   bash tests/slurm_cluster/start.sh DIR     # prints "export SLURM_CONF=DIR/etc/slurm.conf"
 #   export SLURM_CONF=DIR/etc/slurm.conf; sbatch ... ; sacct ...
@@ -49,6 +53,7 @@ USER_NAME="$(id -un)"
 CPUS="${SLURM_CLUSTER_CPUS:-$(nproc)}"
 MEM_MB="${SLURM_CLUSTER_MEM_MB:-$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)}"
 CLUSTER="microcal"
+ACCOUNT="microcal"; QOS="microcal"
 
 # Private ports: four consecutive free ones from a random base (bash /dev/tcp probes listeners).
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -170,7 +175,10 @@ AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$MUNGE_SOCKET
 GresTypes=gpu
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:2 State=UNKNOWN
+NodeName=ghost[1-2] NodeAddr=127.0.0.2 CPUs=32 RealMemory=128000 Gres=gpu:4 State=DOWN Reason=not_a_machine
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes=$NODE,ghost[1-2] MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=$NODE,ghost[1-2] MaxTime=INFINITE State=UP
 EOF
 export SLURM_CONF="$ETC/slurm.conf"
 cat > "$DIR/env.sh" <<EOF
@@ -188,7 +196,12 @@ wait_for slurmdbd "$DBD_PID" sacctmgr -n list cluster
 if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
   sacctmgr -i add cluster "$CLUSTER" >/dev/null
 fi
-log "slurmdbd ready (port $DBD_PORT), cluster $CLUSTER registered"
+# an account and a QOS of the user's own, so that --account/--qos requests are kept (and can be checked)
+sacctmgr -i add account "$ACCOUNT" cluster="$CLUSTER" >/dev/null
+sacctmgr -i add qos "$QOS" >/dev/null
+sacctmgr -i add user "$USER_NAME" account="$ACCOUNT" cluster="$CLUSTER" >/dev/null
+sacctmgr -i modify user "$USER_NAME" set qos+="$QOS" >/dev/null
+log "slurmdbd ready (port $DBD_PORT), cluster $CLUSTER registered, account $ACCOUNT, qos $QOS"
 
 slurmctld -D -i >"$LOG/slurmctld.out" 2>&1 &
 CTLD_PID=$!
