@@ -110,7 +110,7 @@ def test_submit_status_and_resubmit_on_a_mocked_cluster(tmp_path, capsys):
 
     # the cluster ran some of them: completed ones wrote their outputs
     plan_outputs = {k: r["outputs"] for k, r in recs.items()}
-    done = ["pack", "cnn-official", "cnn-fold-0", "cnn-fold-1", "cnn-fold-2", "baseline-greylevel-rf"]
+    done = ["pack", "cnn-official", "cnn-fold-0", "cnn-fold-1", "cnn-fold-2", "baseline"]
     for k in done:
         for o in plan_outputs[k]:
             _touch(o)
@@ -129,7 +129,7 @@ def test_submit_status_and_resubmit_on_a_mocked_cluster(tmp_path, capsys):
     assert states == {"pack/pack": "COMPLETED", "cnn/official": "COMPLETED", "cnn/fold-0": "COMPLETED",
                       "cnn/fold-1": "COMPLETED", "cnn/fold-2": "COMPLETED", "cnn/fold-3": "FAILED",
                       "cnn/fold-4": "CANCELLED", "cnn/augment-flips": "TIMEOUT", "wavelet/features": "RUNNING",
-                      "wavelet/classify": "PENDING", "baseline/greylevel-rf": "COMPLETED",
+                      "wavelet/classify": "PENDING", "baseline/baseline": "COMPLETED",
                       "report/aggregate": "PENDING"}, table
     assert f"logs/{ids['cnn-fold-3']}/{ids['cnn-fold-3']}_0_log.err" in table
     assert "cnn/fold-3: ValueError: injected" in table

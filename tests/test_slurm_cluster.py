@@ -184,7 +184,7 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
     for fs in ("coeffs", "stats"):
         for clf in ("lr", "nb"):
             assert (run / "wavelet" / fs / clf / "metrics.json").is_file(), logs()
-    assert (run / "baseline" / "greylevel-rf" / "metrics.json").is_file()
+    assert all((run / "baseline" / name / "metrics.json").is_file() for name in ("brightness-rf", "greylevel-rf"))
     assert (run / "report" / "report.html").is_file()
     assert "2 MPI rank(s)" in next((run / "logs").glob("mc-wavelet-*.out")).read_text()
     print(f"\nSLURM (submit_all.sh): tiny campaign submit -> end {elapsed:.1f} s")

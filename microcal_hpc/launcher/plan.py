@@ -6,7 +6,7 @@
            ├── cnn/fold-0 .. fold-(k-1)         one job array
            ├── cnn/augment-<preset> ...         one job array
            ├── wavelet/features (MPI) ── wavelet/classify
-           └── baseline/greylevel-rf
+           └── baseline (baseline/<name> for each of baseline.BASELINES)
                                        └── all of them ──(afterany)── report/aggregate
 
 Every job is a :class:`JobSpec`: where it sits (stage, name), which resources it needs (job type),
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from microcal_hpc.baseline import BASELINE_NAME
+from microcal_hpc.baseline import BASELINES
 from microcal_hpc.config import Config
 from microcal_hpc.errors import ConfigError
 
@@ -187,7 +187,7 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
         c.train.fold, c.train.augment = None, preset
         cnn_job(f"augment-{preset}", c, "cnn-augment")
 
-    # 3. wavelet features (MPI) -> classifiers; grey-level shortcut baseline beside them
+    # 3. wavelet features (MPI) -> classifiers; the baselines beside them
     if camp.wavelet:
         wdir = run / "wavelet"
         features = wdir / "features.h5"
@@ -201,9 +201,9 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
             cfg, [features, wdir], outputs, depends_on=("wavelet-features",), job_log=str(wdir / "classify.log"))
     if camp.baseline:
         bdir = run / "baseline"
-        job(f"baseline-{BASELINE_NAME}", "baseline", BASELINE_NAME, "wavelet_classify", "microcal_hpc.baseline:baseline_job",
-            cfg, [data, bdir], [bdir / BASELINE_NAME / "metrics.json"], depends_on=upstream,
-            job_log=str(bdir / BASELINE_NAME / "baseline.log"))
+        job("baseline", "baseline", "baseline", "wavelet_classify", "microcal_hpc.baseline:baseline_job",
+            cfg, [data, bdir], [bdir / name / "metrics.json" for name in BASELINES], depends_on=upstream,
+            job_log=str(bdir / "baseline.log"))
 
     # 4. the report, after every other job whatever its outcome (it reports failures too)
     others = tuple(s.key for s in plan.specs)

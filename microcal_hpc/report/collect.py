@@ -21,7 +21,7 @@ import yaml
 from microcal_hpc.config import Config
 from microcal_hpc.errors import InputError
 from microcal_hpc.launcher import records
-from microcal_hpc.baseline import BASELINE_NAME
+from microcal_hpc.baseline import BASELINES
 
 PREDICTION_SPLITS = ("test", "val")
 # launcher/SLURM states: success, still going, everything else is a failure. Still going: the launcher's
@@ -355,7 +355,7 @@ def expected_jobs(cfg: Config) -> dict[str, list[str]]:
     folds = [f"fold-{k}" for k in range(c.cv_folds)]
     cnn = (["official"] if c.official else []) + folds + [f"augment-{p}" for p in c.augment_presets]
     wavelet = [f"{fs}/{clf}" for fs in cfg.classify.feature_sets for clf in cfg.classify.classifiers] if c.wavelet else []
-    baseline = [BASELINE_NAME] if c.baseline else []
+    baseline = list(BASELINES) if c.baseline else []
     return {"cnn": cnn, "cnn_folds": folds, "wavelet": wavelet, "baseline": baseline}
 
 
