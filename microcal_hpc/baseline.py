@@ -28,21 +28,22 @@ from microcal_hpc.greylevel import BRIGHTNESS_NAMES, GREYLEVEL_NAMES, brightness
 
 @dataclass(frozen=True)
 class Baseline:
-    """One baseline model: its features and the one line that says what it can see."""
+    """One baseline model: its features, a short label and the one line that says what it can see."""
 
     features: Callable[[np.ndarray], np.ndarray]
     feature_names: tuple[str, ...]
+    label: str
     description: str
 
 
 # The baselines by folder name: the one declaration the job, the campaign plan and the report read.
 BASELINES: dict[str, Baseline] = {
     "brightness-rf": Baseline(
-        brightness_features, BRIGHTNESS_NAMES,
+        brightness_features, BRIGHTNESS_NAMES, "Brightness baseline",
         "random forest on global brightness (mean, percentiles 5-75, spread of the central pixels): no extremes, "
         "blind to small bright specks"),
     "greylevel-rf": Baseline(
-        greylevel_features, GREYLEVEL_NAMES,
+        greylevel_features, GREYLEVEL_NAMES, "Grey-level statistics with extremes",
         "random forest on 12 global grey-level statistics including the extremes (max, 95th percentile, "
         "kurtosis), which respond to calcification specks"),
 }
