@@ -72,7 +72,7 @@ def test_real_run_report_has_every_section_and_figure(real_run):
     assert len(metrics["data_integrity"]["cross_split_identical_pairs"]) == 9
     cv = next(r for r in metrics["tables"]["cnn_study"]["rows"] if r["model"] == "CNN cross-validation")
     assert "2 of 2 folds" in cv["evaluated_on"]
-    assert all(r["same_images"] == "yes" for r in metrics["tables"]["comparison_folds"]["rows"][:-1])
+    assert all(r["same0"] == "yes" for r in metrics["tables"]["comparison_folds"]["rows"][:-1])
     assert "Brightness alone" in doc.text and "12 grey-level statistics with extremes" in doc.text
     # the real data's source confound (NOTES.md): every Test cluster patch is b or u, no normal patch is
     assert "the cluster patches have source letter(s) b, u" in doc.text

@@ -282,7 +282,7 @@ def test_within_source_table_keeps_letters_with_both_classes_and_matches_scikit_
     rows = {r["subset"]: r for r in _rows(metrics, "within_source")}
     # "s" (normals only) and "m" (clusters only) have one class in Train: dropped; "n" has both
     assert [k for k in rows if k.startswith("source ")] == ["source n"]
-    assert "“m” (label 1 only)" in metrics["tables"]["within_source"]["note"]
+    assert "“m”: 0 normal, " in metrics["tables"]["within_source"]["note"]
     n = letters == "n"
     assert (rows["source n"]["n0"], rows["source n"]["n1"]) == (int((tr["labels"][n] == 0).sum()),
                                                                 int((tr["labels"][n] == 1).sum()))

@@ -210,12 +210,11 @@ def roc_cv(groups: Sequence[tuple[str, dict[int, Predictions], str, str]], path:
     for label, folds, colour, style in groups:
         mean, std, aucs = mean_roc(folds, grid)
         sd = np.std(aucs, ddof=1) if len(aucs) > 1 else 0.0
-        for a in (ax, zoom):
-            a.plot(grid, mean, style, color=colour, lw=2 if a is ax else 1.4,
-                   label=f"{label}: AUC {np.mean(aucs):.3f} ± {sd:.3f} ({len(aucs)} of {expected_folds or len(aucs)} "
-                         "folds)" if a is ax else None)
-            a.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=colour, alpha=0.15,
-                           label=f"{label}: ±1 std" if a is ax else None)
+        ax.plot(grid, mean, style, color=colour, lw=2,
+                label=f"{label}: AUC {np.mean(aucs):.3f} ± {sd:.3f} ({len(aucs)} of {expected_folds or len(aucs)} folds)")
+        ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=colour, alpha=0.15,
+                        label=f"{label}: ±1 std")
+        zoom.plot(grid, mean, style, color=colour, lw=1.4)  # the inset: means only, the bands would hide them
     _finish_roc_axes(ax, "Mean cross-validation ROC (validation folds)")
     return _save(fig, path)
 
@@ -376,7 +375,7 @@ def wavelet_bars(S: Summaries, path: str | os.PathLike) -> Optional[str]:
             xi = x[j] + (i - (len(fsets) - 1) / 2) * w
             ax.bar(xi, s.cv["auc"]["mean"], w * 0.92, yerr=s.cv["auc"]["std"], capsize=3,
                    color=FEATURE_COLOURS.get(fs, ARM_COLOURS["wavelet"]), edgecolor="black" if s.run.name == S.best_wavelet else "none",
-                   lw=1.5, label=_once(ax, f"'{fs}' features: CV AUC mean ± std"))
+                   lw=1.5)
             if s.test:
                 ax.plot(xi, s.test["auc"], "D", color="black", ms=5,
                         label=_once(ax, "official Test AUC"))
@@ -392,12 +391,17 @@ def wavelet_bars(S: Summaries, path: str | os.PathLike) -> Optional[str]:
             ax.axhline(b.cv["auc"]["mean"], color=colour, ls=style, lw=1.8, label=f"{name} baseline CV AUC")
             levels.append(b.cv["auc"]["mean"])
     bottom = max(0.0, np.floor((min(levels) - 0.03) * 20) / 20)  # a multiple of 0.05 below every value shown
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=FEATURE_COLOURS.get(fs, ARM_COLOURS["wavelet"]), label=f"'{fs}' features: CV AUC mean ± std")
+               for fs in fsets] + [Patch(facecolor="white", edgecolor="black", lw=1.5, label="best by CV AUC")]
+    handles += ax.get_legend_handles_labels()[0]
     ax.set_xticks(x, [CLASSIFIER_NAMES.get(m, m) for m in models], rotation=20, ha="right")
     ax.set_ylim(bottom, 1.0)
     ax.set_ylabel(f"AUC (axis from {bottom:.2f})")
     ax.set_title("Wavelet classifiers: cross-validation and official-Test AUC (black frame: best by CV AUC)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
 
 

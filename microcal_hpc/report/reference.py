@@ -23,6 +23,7 @@ REFERENCE_SOURCE = ("the reference study's README (CNN cross-validation) and its
                     "project's 2-core development machine, 4 runs of 25 epochs (measured outside this repository, "
                     "recorded in the project's NOTES.md)")
 REFERENCE_PRESET = "reference"  # microcal_hpc.cnn.augment.PRESETS: the reference study's augmentation
+CV_NAMES = {"loss": "validation loss", "accuracy": "accuracy", "auc": "AUC"}
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,10 @@ def reference_table(S: Summaries, cfg: Config, presets: dict[str, Any]) -> Table
     n_train = off.run.metrics.get("n_train") if off else None
     ours = {
         "cnn_test": (_auc_text(off), f"here: trained on {n_train} Train images" if n_train else ""),
-        "cnn_augment": (_auc_text(aug), f"here: preset '{REFERENCE_PRESET}': {presets.get(REFERENCE_PRESET, '?')}"),
-        "cnn_cv": (", ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in cv.items()) + f" ({len(folds)} folds)"
-                   if cv else None,
+        "cnn_augment": (_auc_text(aug), f"here: preset '{REFERENCE_PRESET}': {presets[REFERENCE_PRESET]}"
+                        if REFERENCE_PRESET in presets else f"here: no preset named '{REFERENCE_PRESET}'"),
+        "cnn_cv": (", ".join(f"{CV_NAMES[k]} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in cv.items())
+                   + f" ({len(folds)} folds)" if cv else None,
                    f"here: folds grouped by '{cfg.train.group_by}', pixel-identical images merged; validation fold "
                    "loss/accuracy/AUC"),
         "rf_coeffs": (_rf_text(S, "coeffs/rf"), "here: AUC from the forest's probabilities (the hard-label AUC "

@@ -27,6 +27,9 @@ from microcal_hpc.report.sources import letter_of
 from microcal_hpc.report.tables import Column, KeyModel, ModelSummary, Summaries, Table, ci_method, group_by_of
 
 
+MIN_PER_CLASS = 5  # a source letter gets its own within-source AUC only with at least this many images of each class
+
+
 def _auc(labels: np.ndarray, prob: np.ndarray) -> Optional[float]:
     return float(M.binary_metrics(labels, prob)["auc"]) if len(np.unique(labels)) == 2 else None
 
@@ -82,8 +85,8 @@ def baselines_table(S: Summaries, models: list[KeyModel], cfg: Config) -> tuple[
         text.append(f"Brightness alone (no extremes, blind to small specks) reaches a Test AUC of "
                     f"{bright.summary.test['auc']:.3f}{_ci(bright.summary.auc_ci)}"
                     + (f" and a CV AUC of {bright.cv_auc['mean']:.3f}" if bright.cv_auc else "")
-                    + ": global brightness differs between the classes' sources, so part of any model's AUC can "
-                      "come from brightness rather than calcifications.")
+                    + ": the classes differ in global brightness, so part of any model's AUC can come from "
+                      "brightness (acquisition or tissue differences) rather than from calcifications.")
     if grey and grey.summary and grey.summary.test:
         text.append(f"The 12 grey-level statistics with extremes reach {grey.summary.test['auc']:.3f} on Test; "
                     "their max, 95th percentile and kurtosis respond to the bright specks that are "
@@ -126,8 +129,9 @@ def within_source(S: Summaries, models: list[KeyModel], D: DataSummary, cfg: Con
     """Per-letter and pooled CV AUCs from the out-of-fold predictions, and the text explaining the confound."""
     cv_models = [m for m in models if m.oof is not None]
     tr_letters = letter_of(D.train.ids, D.letter_by_id)
-    both = [L for L in sorted(np.unique(tr_letters)) if len(np.unique(D.train.labels[tr_letters == L])) == 2]
-    dropped = {L: int(D.train.labels[tr_letters == L][0]) for L in sorted(np.unique(tr_letters)) if L not in both}
+    counts = {L: np.bincount(D.train.labels[tr_letters == L], minlength=2) for L in sorted(np.unique(tr_letters))}
+    both = [L for L, n in counts.items() if n.min() >= MIN_PER_CLASS]
+    dropped = {L: n for L, n in counts.items() if L not in both}
     excluded = sorted(D.single_class)
     cols = [Column("source", "Source letter"), Column("n0", "Label 0"), Column("n1", "Label 1")]
     cols += [Column(f"auc_{i}", m.label, "CV AUC (out-of-fold)") for i, m in enumerate(cv_models)]
@@ -136,7 +140,7 @@ def within_source(S: Summaries, models: list[KeyModel], D: DataSummary, cfg: Con
     subsets.append((pooled_key, f"pooled, without {', '.join(excluded)}" if excluded else "pooled",
                     lambda lt: ~np.isin(lt, excluded)))
     subsets.append(("all Train", "pooled, all Train", lambda lt: np.ones(len(lt), bool)))
-    rows, values = [], {"letters": both, "dropped": dropped, "excluded": excluded, "pooled_key": pooled_key, "auc": {}}
+    rows, values = [], {"letters": both, "excluded": excluded, "pooled_key": pooled_key, "auc": {}}
     for name, shown, select in subsets:
         mask = select(tr_letters)
         if len(np.unique(D.train.labels[mask])) < 2:  # a pooled row without both classes has no AUC
@@ -159,9 +163,11 @@ def within_source(S: Summaries, models: list[KeyModel], D: DataSummary, cfg: Con
             pooled_ci[m.key] = list(M.bootstrap_auc_ci(sub.labels, sub.prob, groups=g, n_boot=cfg.report.bootstrap,
                                                        seed=cfg.report.seed))
     values["pooled_without_excluded_ci"] = pooled_ci
-    note = ("Out-of-fold predictions of each model on Train (CNN: the fold models), split by source letter; letters "
-            "with one class in Train have no AUC and are left out"
-            + (": " + ", ".join(f"“{L}” (label {lab} only)" for L, lab in dropped.items()) if dropped else "")
+    values["dropped"] = {L: [int(n[0]), int(n[1])] for L, n in dropped.items()}
+    note = ("Out-of-fold predictions of each model on Train (CNN: the fold models), split by source letter; a letter "
+            f"gets its own row only with at least {MIN_PER_CLASS} Train images of each class"
+            + (" (left out: " + ", ".join(f"“{L}”: {n[0]} normal, {n[1]} cluster" for L, n in dropped.items()) + ")"
+               if dropped else "")
             + f". Pooled rows: all those images at once. CIs of the pooled rows in the text: {ci_method(cfg, 'Train')}.")
     table = Table("within_source", "Cross-validation AUC within each source letter",
                   f"{len(D.train)} Train patches, out-of-fold predictions", cols, rows, note)
@@ -196,15 +202,17 @@ def _confound_text(D: DataSummary, cv_models: list[KeyModel], values: dict, both
     n_other = int(((~np.isin(letter_of(D.train.ids, D.letter_by_id), excluded)) & (D.train.labels == 1)).sum())
     pooled, ci = values["auc"]["cnn"][pooled_name], values["pooled_without_excluded_ci"].get("cnn")
     text.append(f"Train has {n_other} cluster patches from other letters, so performance within a source can be "
-                f"measured from the out-of-fold predictions: within the {len(per)} letter(s) with both classes the "
+                f"measured from the out-of-fold predictions: within the {len(per)} letter(s) with at least "
+                f"{MIN_PER_CLASS} Train images of each class the "
                 f"CNN's CV AUC ranges from {min(per):.3f} to {max(per):.3f}; pooled over the letters other than "
                 f"{', '.join(excluded) or '—'} it is {_fmt(pooled)}{_ci(ci)}.")
     bright = values["auc"].get("baseline:brightness-rf", {}).get(pooled_name)
     if ci and ci[0] > 0.5:
         better = bright is not None and ci[0] > bright
-        text.append("So the CNN separates the classes where the source letter cannot tell them apart"
-                    + (f", and better than brightness alone does there ({bright:.3f}): " if better else
-                       (f", though not clearly better than brightness alone does there ({bright:.3f}): "
+        text.append("So the CNN separates the classes among patches of one source, where the letter cannot tell them "
+                    "apart, and among the sources whose letter does not identify the class"
+                    + (f"; better than brightness alone does there ({bright:.3f}): " if better else
+                       (f"; not clearly better than brightness alone does there ({bright:.3f}): "
                         if bright is not None else ": "))
                     + "its performance does not rest on the source cue alone. These are cross-validation numbers on "
                       "Train; the official Test set cannot show within-source performance, because there the letter "
