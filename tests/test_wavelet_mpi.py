@@ -43,7 +43,7 @@ def _mpiexec(n: int, *args: str) -> tuple[subprocess.CompletedProcess, float]:
 
 def _datasets(path: Path) -> dict:
     with h5py.File(path, "r") as f:
-        out = {f"/{s}/{k}": f[s][k][()] for s in ("train", "test") for k in f[s]}
+        out = {f"/{s}/{k}": f[s][k][()] for s in ("train", "test", "feature_names") for k in f[s]}
         out.update({f"@{k}": v for k, v in f.attrs.items()})
     return out
 

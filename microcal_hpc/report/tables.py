@@ -206,12 +206,11 @@ class Summaries:
 
     def cnn_oof(self) -> Optional[Predictions]:
         """The CNN's out-of-fold predictions on Train: every fold model's validation fold, fold in ``fold``."""
-        parts = [s.run.val for s in self.cnn_folds.values() if s.run.val is not None and len(s.run.val)]
+        parts = {k: s.run.val for k, s in self.cnn_folds.items() if s.run.val is not None and len(s.run.val)}
         if not parts:
             return None
-        return Predictions(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "labels", "prob", "groups")),
-                           fold=np.concatenate([np.full(len(p), k) if p.fold is None else p.fold
-                                                for k, p in zip(self.cnn_folds, parts)]))
+        cat = {f: np.concatenate([getattr(p, f) for p in parts.values()]) for f in ("ids", "labels", "prob", "groups")}
+        return Predictions(**cat, fold=np.concatenate([np.full(len(p), k) for k, p in parts.items()]))
 
     def folds_label(self, n: int) -> str:
         k = self.expected_folds or n
