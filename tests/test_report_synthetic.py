@@ -364,6 +364,10 @@ def test_metrics_csv_is_one_tidy_table_with_every_number(built):
     assert (float(cv["value"]), float(cv["std"]), int(cv["n_folds"])) == (
         pytest.approx(svm["cv_auc"]["mean"]), pytest.approx(svm["cv_auc"]["std"]), FOLDS)
     assert key[("cnn/folds", "cv_pooled", "source n", "auc")]["label"].startswith("CNN")
+    pooled_key = metrics["shortcut"]["within_source"]["pooled_key"]
+    pooled = key[("cnn/folds", "cv_pooled", pooled_key, "auc")]
+    row = _row(metrics, "within_source", subset=pooled_key)
+    assert int(pooled["n_images"]) == row["n0"] + row["n1"] and float(pooled["ci_low"]) <= float(pooled["value"])
     assert {r["evaluation"] for r in rows} == {"test", "test_without_overlap", "cv_folds", "cv_pooled"}
 
 

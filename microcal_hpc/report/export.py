@@ -67,14 +67,17 @@ def metrics_rows(S: Summaries, overlap: Optional[dict], within: Optional[dict]) 
             rows.append(_row(s, key, "test_without_overlap", "auc", c["auc_without_overlap"], n_images=c["n"]))
         rows += _cv_rows(key, s, per_fold)
     labels = {key: s for key, s, _ in models}
-    for model_key, subsets in ((within or {}).get("auc") or {}).items():
+    within = within or {}
+    for model_key, subsets in (within.get("auc") or {}).items():
         key = {"cnn": "cnn/folds"}.get(model_key, model_key.replace(":", "/"))
         s = labels.get(key)
         if s is None:
             continue
         for subset, auc in subsets.items():
+            ci = within["pooled_without_excluded_ci"].get(model_key) if subset == within["pooled_key"] else None
             if auc is not None:
-                rows.append(_row(s, key, "cv_pooled", "auc", auc, subset=subset))
+                rows.append(_row(s, key, "cv_pooled", "auc", auc, subset=subset, ci=ci,
+                                 n_images=within["n"][model_key][subset]))
     return rows
 
 

@@ -140,7 +140,7 @@ def within_source(S: Summaries, models: list[KeyModel], D: DataSummary, cfg: Con
     subsets.append((pooled_key, f"pooled, without {', '.join(excluded)}" if excluded else "pooled",
                     lambda lt: ~np.isin(lt, excluded)))
     subsets.append(("all Train", "pooled, all Train", lambda lt: np.ones(len(lt), bool)))
-    rows, values = [], {"letters": both, "excluded": excluded, "pooled_key": pooled_key, "auc": {}}
+    rows, values = [], {"letters": both, "excluded": excluded, "pooled_key": pooled_key, "auc": {}, "n": {}}
     for name, shown, select in subsets:
         mask = select(tr_letters)
         if len(np.unique(D.train.labels[mask])) < 2:  # a pooled row without both classes has no AUC
@@ -152,6 +152,7 @@ def within_source(S: Summaries, models: list[KeyModel], D: DataSummary, cfg: Con
             keep = select(lt) if lt is not None else np.zeros(len(m.oof), bool)
             row[f"auc_{i}"] = _auc(m.oof.labels[keep], m.oof.prob[keep]) if keep.any() else None
             values["auc"].setdefault(m.key, {})[name] = row[f"auc_{i}"]
+            values["n"].setdefault(m.key, {})[name] = int(keep.sum())
         rows.append(row)
     pooled_ci = {}
     for m in cv_models:
