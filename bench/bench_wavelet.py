@@ -95,7 +95,7 @@ def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
     """
     import pywt
 
-    from microcal_hpc.wavelet.transform import ENGINES, coeff_features, stats_features, wavedec2_batch
+    from microcal_hpc.wavelet.transform import ENGINES, coeff_features, feature_set_values, wavedec2_batch
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (n_images, 60, 60), dtype=np.uint8)
@@ -114,10 +114,13 @@ def per_core_throughput(n_images: int, loop_images: int, repeats: int) -> dict:
         def coeff_rows(coeffs):
             coeff_features(coeffs, (4, 3, 2))
 
+        def stats_rows(coeffs):
+            feature_set_values("stats", coeffs, (4, 3, 2))
+
         for engine in ENGINES:
             for chunk in (256, 512, 2048):
                 for what, consumers in (("decompose", ()), ("coeffs", (coeff_rows,)),
-                                        ("coeffs_and_stats", (coeff_rows, stats_features))):
+                                        ("coeffs_and_stats", (coeff_rows, stats_rows))):
                     res[f"{engine}_chunk{chunk}_{what}"] = _rate(batched(chunk, engine, *consumers), n_images, repeats)
 
         def loop():
@@ -154,7 +157,7 @@ def run_job(data: Path, out: Path, ranks: int, features: str, dtype: str, engine
     prog = (["setsid", "-w"] if own_session else []) + [sys.executable, "-m", "jobs"]
     binding = ["--bind-to", "core"] if bind else ["--bind-to", "none"]
     cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), "--oversubscribe", *binding, *prog, "wavelet-features",
-           "--data", str(data), "--out", str(out), "--features", features, "--dtype", dtype, "--engine", engine,
+           "--data", str(data), "--out", str(out), "--features", features.replace("+", ","), "--dtype", dtype, "--engine", engine,
            "--chunk-size", str(chunk), "--force", "--summary-json", str(summary)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=_mpi_env(), capture_output=True, text=True)
@@ -219,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="runs per point (the best is kept)")
     p.add_argument("--throughput-images", type=int, default=20000)
     p.add_argument("--loop-images", type=int, default=3000)
-    p.add_argument("--features", default="both,stats",
-                   help="feature settings of the scaling runs: both (2,495 values per image: 1 GB written at "
-                        "100k in float32) and stats (65 values: the same decomposition, little to write)")
+    p.add_argument("--features", default="coeffs+stats,stats",
+                   help="feature sets of each scaling run, runs separated by commas, sets by '+': coeffs+stats "
+                        "(2,475 values per image: 1 GB written at 100k in float32) and stats (45 values: the same "
+                        "decomposition, little to write)")
     p.add_argument("--dtype", default=None, choices=("float64", "float32"),
                    help="storage precision of the scaling runs (default: wavelet.dtype of the config)")
     p.add_argument("--engine", default=None, choices=("matrix", "pywt"),

@@ -1,4 +1,4 @@
-"""`microcal-hpc baseline --data FILE.h5 --run-dir DIR`: the shortcut baseline (:mod:`microcal_hpc.baseline`)."""
+"""`microcal-hpc baseline --data FILE.h5 --run-dir DIR`: the grey-level baselines (:mod:`microcal_hpc.baseline`)."""
 from __future__ import annotations
 
 import argparse

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("jobs.predict", "score a folder of patches or a packed file with a trained CNN"),
     "wavelet-features": ("jobs.wavelet_features", "MPI-parallel wavelet features of every patch"),
     "wavelet-classify": ("jobs.wavelet_classify", "cross-validated scikit-learn classifiers on wavelet features"),
-    "baseline": ("jobs.baseline", "shortcut baseline: a classifier on global grey-level statistics"),
+    "baseline": ("jobs.baseline", "baselines: random forests on global grey-level statistics"),
     "submit": ("jobs.submit", "run a whole campaign with submitit (slurm, local or debug executor)"),
     "status": ("jobs.status", "table of every job of a run directory"),
     "aggregate": ("jobs.aggregate", "gather every job's outputs into the final report"),

@@ -10,7 +10,7 @@ and every rank exits non-zero.
 Examples::
 
     microcal-hpc wavelet-features --data RUN/data/packed.h5 --out RUN/wavelet/features.h5
-    mpiexec -n 2 microcal-hpc wavelet-features --data RUN/data/packed.h5 --out RUN/wavelet/features.h5 --features both
+    mpiexec -n 2 microcal-hpc wavelet-features --data RUN/data/packed.h5 --out RUN/wavelet/features.h5 --features coeffs,stats
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, help="decomposition level (wavelet.level, default 4)")
     p.add_argument("--keep-levels", metavar="2,3,4", help="detail levels kept as coefficients (1 = finest)")
     p.add_argument("--mode", help="signal extension mode (wavelet.mode, default symmetric)")
-    p.add_argument("--features", choices=("coeffs", "stats", "both"), help="feature sets (wavelet.features)")
+    p.add_argument("--features", metavar="coeffs,stats", help="feature sets to compute, by name (wavelet.features; "
+                   "coeffs, stats, approx_stats, other_levels_stats)")
     p.add_argument("--chunk-size", type=int, help="images per read/transform batch on each rank")
     p.add_argument("--dtype", choices=("float64", "float32"), help="storage precision (wavelet.dtype)")
     p.add_argument("--engine", choices=("matrix", "pywt"),

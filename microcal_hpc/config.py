@@ -38,12 +38,15 @@ class DataConfig:
     group_pattern: str = r"^(?P<group>.+?)\.[A-Za-z0-9]+_\d+\.[A-Za-z0-9]+$"
     # Case = patient/case id, searched in the group id (0033f1_4_0 -> 0033). No match: case = group.
     case_pattern: str = r"^(?P<case>\d{4})"
+    # Source = the tag right after the case id in the group id (0033f1_4_0 -> f); the report measures
+    # performance within each source. No match: no source ("—").
+    source_pattern: str = r"^\d{4}(?P<source>[A-Za-z])"
     chunk_size: int = 1024  # images per HDF5 chunk / write batch
 
     def validate(self) -> None:
         import re
 
-        for key in ("group_pattern", "case_pattern"):
+        for key in ("group_pattern", "case_pattern", "source_pattern"):
             pat = getattr(self, key)
             try:
                 rx = re.compile(pat)
@@ -66,7 +69,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # group-aware stratified hold-out when no fold is given
     fold: Optional[int] = None  # 0-based fold index; None: hold-out split
     folds: int = 5
-    group_by: str = "group"  # group | case | none
+    group_by: str = "case"  # case | group | none (folds; pixel-identical images always merged)
     augment: str = "none"  # a preset name from microcal_hpc.cnn.augment
     early_stopping_patience: int = 0  # 0: off; monitors validation loss
     lr_schedule: str = "constant"  # constant | cosine | plateau
@@ -131,7 +134,9 @@ class WaveletConfig:
     level: int = 4
     keep_levels: list[int] = field(default_factory=lambda: [2, 3, 4])  # detail levels kept (1 = finest)
     mode: str = "symmetric"  # PyWavelets signal extension mode
-    features: str = "both"  # coeffs | stats | both (classify.feature_sets reads from these)
+    # feature sets computed (microcal_hpc.wavelet.transform.FEATURE_SETS: coeffs, stats, approx_stats,
+    # other_levels_stats); classify.feature_sets is a subset of these
+    features: list[str] = field(default_factory=lambda: ["coeffs", "stats"])
     # images per read/transform batch on each rank; 256-512 run fastest (the arrays of larger batches
     # exceed malloc's reuse threshold: fresh pages every batch, 1.6x the CPU time at 2048; bench_wavelet.py)
     chunk_size: int = 256
@@ -145,7 +150,6 @@ class WaveletConfig:
 
     def validate(self) -> None:
         _positive("wavelet.level", self.level)
-        _choice("wavelet.features", self.features, ("coeffs", "stats", "both"))
         _choice("wavelet.dtype", self.dtype, ("float64", "float32"))
         _choice("wavelet.engine", self.engine, ("matrix", "pywt"))
         # wavelet name, mode and level vs image size: checked by the job (needs PyWavelets and the data)
@@ -154,6 +158,7 @@ class WaveletConfig:
         for lv in self.keep_levels:
             if not 1 <= lv <= self.level:
                 raise ConfigError(f"wavelet.keep_levels: level {lv} is outside 1..{self.level}")
+        _feature_sets("wavelet.features", self.features, self.level, self.keep_levels)
         _positive("wavelet.chunk_size", self.chunk_size)
 
 
@@ -164,7 +169,7 @@ class ClassifyConfig:
     classifiers: list[str] = field(default_factory=lambda: ["rf", "svm", "lr", "knn", "nb", "dt", "mlp", "hgb"])
     feature_sets: list[str] = field(default_factory=lambda: ["coeffs", "stats"])
     folds: int = 5
-    group_by: str = "group"
+    group_by: str = "case"
     seed: int = 0
     n_jobs: int = 1
 
@@ -173,10 +178,11 @@ class ClassifyConfig:
             raise ConfigError(f"classify.folds must be >= 2, got {self.folds}")
         _choice("classify.group_by", self.group_by, ("group", "case", "none"))
         from microcal_hpc.wavelet.classifiers import check_classifiers
+        from microcal_hpc.wavelet.transform import FEATURE_SETS
 
         check_classifiers(self.classifiers)  # the zoo's own list of names
         for fs in self.feature_sets:
-            _choice("classify.feature_sets", fs, ("coeffs", "stats"))
+            _choice("classify.feature_sets", fs, tuple(FEATURE_SETS))
 
 
 @dataclass
@@ -252,7 +258,7 @@ class CampaignConfig:
     cv_folds: int = 5  # CNN cross-validation folds (0: none)
     augment_presets: list[str] = field(default_factory=lambda: ["flips", "seed_study"])
     wavelet: bool = True  # wavelet features + classifiers
-    baseline: bool = True  # the grey-level shortcut baseline
+    baseline: bool = True  # the grey-level baselines (microcal_hpc.baseline.BASELINES)
     poll_seconds: float = 2.0
     srun_mpi: str = "pmix"  # srun --mpi plugin of multi-task (MPI) jobs under SLURM; "": the cluster's default
     # The environment of every SLURM job (submitit and the scripts of `submit --write-sbatch` alike):
@@ -317,6 +323,10 @@ class Config:
         """Check every section; return self."""
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        missing = [fs for fs in self.classify.feature_sets if fs not in self.wavelet.features]
+        if missing:
+            raise ConfigError(f"classify.feature_sets {missing} are not computed: add them to wavelet.features "
+                              f"(now {self.wavelet.features})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -348,6 +358,16 @@ def _check_presets(name: str, presets: list[str]) -> None:
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise ConfigError(f"{name}: unknown augmentation preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
+
+
+def _feature_sets(name: str, names: list[str], level: int, keep_levels: list[int]) -> None:
+    """The wavelet feature set names (microcal_hpc.wavelet.transform.check_feature_sets), as a ConfigError."""
+    from microcal_hpc.wavelet.transform import check_feature_sets
+
+    try:
+        check_feature_sets(names, level, keep_levels)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,15 +1,17 @@
 """Group-aware, stratified validation splits shared by the CNN and the wavelet arm.
 
-A "fold" means the same images for every model: both arms call :func:`cv_folds` with the same
-labels, grouping and seed. Groups are the source mammogram (``group``), the case (``case``) or
-single images (``none``); in every mode, pixel-identical images (same ``pixel_hash``) are merged
-into one group so that a duplicate can never sit on both sides of a split.
+A "fold" means the same images for every model: both arms call :func:`split_folds` with the same
+labels, grouping and seed. Groups are the case (``case``, the default: the four-digit patient number,
+so all images of a patient are on one side), the source mammogram (``group``; a case's mammograms may
+then sit in different folds) or single images (``none``); in every mode, pixel-identical images (same
+``pixel_hash``) are merged into one group so that a duplicate can never sit on both sides of a split.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from microcal_hpc.dataset import Split
+from microcal_hpc.errors import ConfigError
 
 
 def _union_find_labels(keys_a: np.ndarray, keys_b: np.ndarray) -> np.ndarray:
@@ -49,8 +51,12 @@ def split_groups(split: Split, group_by: str = "group") -> np.ndarray:
     return _union_find_labels(np.asarray(keys).astype(str), np.asarray(split.pixel_hash).astype(str))
 
 
-def cv_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def cv_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0,
+             grouping: str = "given") -> list[tuple[np.ndarray, np.ndarray]]:
     """``n_folds`` (train_idx, val_idx) pairs from StratifiedGroupKFold, group order shuffled by ``seed``.
+
+    ConfigError (one line naming the ``grouping``, the number of groups and the folds) when there are
+    fewer groups than folds.
 
     scikit-learn 1.5's ``StratifiedGroupKFold(shuffle=True)`` shuffles the per-group class counts
     without the group ids, which ruins stratification (folds of 0.42 vs 0.67 positives where the
@@ -62,10 +68,16 @@ def cv_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0
     labels = np.asarray(labels)
     uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
     if len(uniq) < n_folds:
-        raise ValueError(f"{len(uniq)} groups cannot make {n_folds} folds")
+        raise ConfigError(f"grouping '{grouping}' gives {len(uniq)} group(s) (pixel-identical images merged), too "
+                          f"few for {n_folds} folds: use fewer folds or another grouping (group_by)")
     renamed = np.random.default_rng(seed).permutation(len(uniq))[inverse]
     sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=False)
     return [(np.sort(tr), np.sort(va)) for tr, va in sgkf.split(np.zeros(len(labels)), labels, renamed)]
+
+
+def split_folds(split: Split, group_by: str, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The CV folds of a (Train) split under a grouping: the one call every arm makes for its folds."""
+    return cv_folds(split.labels, split_groups(split, group_by), n_folds, seed, grouping=group_by)
 
 
 def fold_of_each(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
@@ -85,7 +97,6 @@ def holdout(labels: np.ndarray, groups: np.ndarray, val_fraction: float = 0.2, s
 def train_validation_indices(split: Split, group_by: str, seed: int, fold: int | None, folds: int,
                              val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """The (train_idx, val_idx) of the Train split for a fold, or the hold-out when ``fold`` is None."""
-    groups = split_groups(split, group_by)
     if fold is None:
-        return holdout(split.labels, groups, val_fraction, seed)
-    return cv_folds(split.labels, groups, folds, seed)[fold]
+        return holdout(split.labels, split_groups(split, group_by), val_fraction, seed)
+    return split_folds(split, group_by, folds, seed)[fold]

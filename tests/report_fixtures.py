@@ -30,10 +30,11 @@ FOLDS = 5
 CNN_FOLD_FG = [(1, 0), (0, 1), (2, 1), (0, 0), (1, 2)]
 CNN_OFFICIAL_FG = (2, 3)
 CNN_AUGMENT_FG = (4, 1)
-CNN_HOLDOUT_FG = (1, 1)
-WAVELET_FG = {"coeffs/rf": (2, 2), "coeffs/svm": (3, 1), "stats/rf": (1, 3), "stats/svm": (4, 4)}
+# coeffs/rf (the reference pipeline) is not the best by CV AUC: stats/rf is
+WAVELET_FG = {"coeffs/rf": (3, 3), "coeffs/svm": (3, 1), "stats/rf": (1, 1), "stats/svm": (4, 4)}
 WAVELET_TEST_FG = {"coeffs/rf": (3, 2), "coeffs/svm": (1, 4), "stats/rf": (5, 5), "stats/svm": (6, 2)}
-BASELINE_FG, BASELINE_TEST_FG = (3, 3), (4, 3)
+BASELINE_FG = {"brightness-rf": (5, 4), "greylevel-rf": (3, 3)}
+BASELINE_TEST_FG = {"brightness-rf": (5, 5), "greylevel-rf": (4, 3)}
 
 
 def fold_fg(fg: tuple[int, int], k: int) -> tuple[int, int]:
@@ -91,21 +92,31 @@ def write_packed(path: Path, splits: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def train_letter(label: int, case: int) -> str:
+    """Source letter of a fabricated Train case: "n" holds both classes; "s" only normals, "m" only clusters."""
+    return "n" if case % 2 else ("s", "m")[label]
+
+
+TEST_LETTERS = ("t", "u")  # Test: every normal "t", every cluster "u" (the letter separates the Test classes)
+
+
 def synthetic_splits(seed: int = 0, train=(40, 40), test=(12, 12)) -> dict[str, dict[str, Any]]:
     """Synthetic patches named like the real ones, with exactly one Test patch pixel-identical to a Train
-    patch (Test/0 #0 = Train/0 #5) and one source group shared by Train and Test (Test/1 #1)."""
+    patch (Test/0 #0 = Train/0 #5) and one source group shared by Train and Test (Test/1 #1). Source
+    letters: :func:`train_letter` in Train, :data:`TEST_LETTERS` in Test."""
     from microcal_hpc.synthetic import synthetic_patch
 
     rng = np.random.default_rng(seed)
     out = {}
-    for split, counts, case0, letter in (("train", train, 1, ("s", "m")), ("test", test, 500, ("t", "u"))):
+    for split, counts, case0 in (("train", train, 1), ("test", test, 500)):
         imgs, labels, ids, groups, cases = [], [], [], [], []
         case = case0
         for lab, n in enumerate(counts):
             for i in range(n):
                 if i % 4 == 0:
                     case += 1
-                grp = f"{case:04d}{letter[lab]}1_{i // 4 % 10}_0"
+                letter = train_letter(lab, case) if split == "train" else TEST_LETTERS[lab]
+                grp = f"{case:04d}{letter}1_{i // 4 % 10}_0"
                 imgs.append(synthetic_patch(rng, lab))
                 labels.append(lab)
                 groups.append(grp)
@@ -144,7 +155,7 @@ def _save_preds(folder: Path, test: dict, val: dict) -> None:
 
 def _metrics(arm: str, model: str, run: str, test: dict, val: Optional[dict], threshold: float, **extra) -> dict:
     m = {"schema": 1, "arm": arm, "model": model, "run": run, "feature_set": extra.pop("feature_set", None),
-         "augment": extra.pop("augment", "none"), "fold": extra.pop("fold", None), "folds": FOLDS, "group_by": "group",
+         "augment": extra.pop("augment", "none"), "fold": extra.pop("fold", None), "folds": FOLDS, "group_by": "case",
          "seed": 0, "validation": None, "cv": None,
          "test": binary_metrics(test["labels"], test["prob"], threshold=threshold), "elapsed_s": 1.5}
     m.update(extra)
@@ -170,12 +181,30 @@ def _history(epochs: int, rng) -> dict:
             "val_accuracy": list(np.round(np.linspace(0.5, 0.88, epochs), 4))}
 
 
+SALIENCY_SHARE = {1: 1.0, 0: 72 / 3600}  # write_saliency's bright-pixel share per class (72 = 2% of 60 x 60)
+
+
+def write_saliency(folder: Path, ids: list[str], images: np.ndarray, labels: np.ndarray) -> None:
+    """A saliency.npz in the CNN job's format whose bright-pixel share is known (SALIENCY_SHARE): on a positive
+    the map is 1 on its 72 brightest pixels and 0 elsewhere; on a negative it is 1 everywhere."""
+    maps = np.ones(images.shape, np.float32)
+    for m, img, lab in zip(maps, images, labels):
+        if lab == 1:
+            m[:] = 0
+            m.ravel()[np.argsort(img.ravel(), kind="stable")[-72:]] = 1
+    np.savez(folder / "saliency.npz", test_ids=np.asarray(ids).astype(str), maps=maps,
+             method=np.asarray("fabricated: 1 on the brightest pixels of positives, flat on negatives"))
+
+
 def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[str, ...] = (),
-                  overrides: Optional[list[str]] = None, seed: int = 0) -> FabricatedRun:
+                  overrides: Optional[list[str]] = None, seed: int = 0, saliency: bool = True) -> FabricatedRun:
     """A complete run directory (or a partial one: CNN folds in ``drop_folds`` have no folder at all;
-    CNN jobs named in ``failed`` have a folder without metrics.json and a FAILED launcher record)."""
+    CNN jobs named in ``failed`` have a folder without metrics.json and a FAILED launcher record).
+
+    The CNN runs without a fold follow the contract of runs trained on all of Train: empty validation
+    arrays, ``validation: null``, no ``val_*`` history; the official run has a saliency.npz (``saliency``)."""
     from microcal_hpc.dataset import load_split
-    from microcal_hpc.splits import fold_of_each, split_groups, train_validation_indices
+    from microcal_hpc.splits import fold_of_each, split_groups
 
     rng = np.random.default_rng(seed)
     run = Path(root)
@@ -188,7 +217,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
     write_packed(run / "data" / "packed.h5", splits)
     tr_split = load_split(run / "data" / "packed.h5", "train", images=False)
     tr, te = splits["train"], splits["test"]
-    fold = fold_of_each(tr_split.labels, split_groups(tr_split, "group"), FOLDS, 0)
+    fold = fold_of_each(tr_split.labels, split_groups(tr_split, "case"), FOLDS, 0)
     all_test = np.arange(len(te["labels"]))
     exp: dict[str, Any] = {"test_labels": te["labels"].copy()}
     records = []
@@ -203,27 +232,27 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
             rec["elapsed_s"] = elapsed
         records.append((f"{stage}-{name}", rec))
 
-    # ---- CNN single runs
-    tr_idx, va_idx = train_validation_indices(tr_split, "group", 0, None, FOLDS, 0.2)
+    # ---- CNN single runs: trained on all of Train, no validation
     for name, fg in (("official", CNN_OFFICIAL_FG), ("augment-flips", CNN_AUGMENT_FG)):
         folder = run / "cnn" / name
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "history.json", _history(4, rng))
+        write_json(folder / "history.json", {k: v for k, v in _history(4, rng).items() if not k.startswith("val_")})
         (folder / "train.log").write_text("epoch 1\n")
         if name in failed:
             record(name, "cnn", "FAILED", f"cnn/{name}")
             continue
         test = _part(te, all_test, known_scores(te["labels"], *fg, rng))
-        val = _part(tr, va_idx, known_scores(tr["labels"][va_idx], *CNN_HOLDOUT_FG, rng))
-        _save_preds(folder, test, val)
-        write_json(folder / "metrics.json", _metrics("cnn", "cnn", name, test, val, 0.5,
+        _save_preds(folder, test, _part(tr, np.array([], int), np.array([])))
+        write_json(folder / "metrics.json", _metrics("cnn", "cnn", name, test, None, 0.5,
                                                      augment=name.split("-")[-1] if "-" in name else "none",
-                                                     train={"loss": 0.2, "accuracy": 0.93}))
-        exp[f"cnn/{name}"] = {"test": _fg_of(te["labels"], fg), "val": _fg_of(tr["labels"][va_idx], CNN_HOLDOUT_FG),
-                              "test_prob": test["prob"], "val_prob": val["prob"], "val_labels": val["labels"]}
+                                                     train={"loss": 0.2, "accuracy": 0.93},
+                                                     n_train=len(tr["labels"])))
+        if name == "official" and saliency:
+            write_saliency(folder, te["ids"], te["images"], te["labels"])
+        exp[f"cnn/{name}"] = {"test": _fg_of(te["labels"], fg), "test_prob": test["prob"]}
         record(name, "cnn", "COMPLETED", f"cnn/{name}")
     # ---- CNN folds
-    exp["cnn/folds"] = {}
+    exp["cnn/folds"], exp["cnn/folds_test_prob"] = {}, {}
     for k in range(FOLDS):
         name = f"fold-{k}"
         if k in drop_folds:
@@ -240,6 +269,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         _save_preds(folder, test, val)
         write_json(folder / "metrics.json", _metrics("cnn", "cnn", name, test, val, 0.5, fold=k))
         exp["cnn/folds"][k] = _fg_of(tr["labels"][idx], CNN_FOLD_FG[k])
+        exp["cnn/folds_test_prob"][k] = test["prob"]
         record(name, "cnn", "COMPLETED", f"cnn/{name}")
     # ---- wavelet classifiers (svm: decision scores, threshold 0) and the baseline
     all_train = np.arange(len(tr["labels"]))
@@ -267,16 +297,18 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
                                  "folds": {k: _fg_of(tr["labels"][fold == k], fold_fg(fg, k)) for k in range(FOLDS)},
                                  "test_prob": test["prob"], "val_prob": val["prob"], "threshold": thr}
     record("classify", "wavelet", "COMPLETED", "wavelet")
-    folder = run / "baseline" / "greylevel-rf"
-    test = _part(te, all_test, known_scores(te["labels"], *BASELINE_TEST_FG, rng))
-    val = _part(tr, all_train, oof(BASELINE_FG), fold)
-    _save_preds(folder, test, val)
-    write_json(folder / "metrics.json", _metrics("baseline", "greylevel-rf", "cv", test, None, 0.5,
-                                                 cv={"per_fold": [], "summary": {}}))
-    exp["baseline/greylevel-rf"] = {"test": _fg_of(te["labels"], BASELINE_TEST_FG),
-                                    "folds": {k: _fg_of(tr["labels"][fold == k], fold_fg(BASELINE_FG, k))
-                                              for k in range(FOLDS)}}
-    record("greylevel-rf", "baseline", "COMPLETED", "baseline/greylevel-rf")
+    for name in BASELINE_FG:
+        folder = run / "baseline" / name
+        test = _part(te, all_test, known_scores(te["labels"], *BASELINE_TEST_FG[name], rng))
+        val = _part(tr, all_train, oof(BASELINE_FG[name]), fold)
+        _save_preds(folder, test, val)
+        write_json(folder / "metrics.json", _metrics("baseline", name, "cv", test, None, 0.5,
+                                                     cv={"per_fold": [], "summary": {}}))
+        exp[f"baseline/{name}"] = {"test": _fg_of(te["labels"], BASELINE_TEST_FG[name]), "test_prob": test["prob"],
+                                   "val_prob": val["prob"],
+                                   "folds": {k: _fg_of(tr["labels"][fold == k], fold_fg(BASELINE_FG[name], k))
+                                             for k in range(FOLDS)}}
+    record("baseline", "baseline", "COMPLETED", "baseline")
     records.append(("aggregate", {"stage": "report", "name": "aggregate", "state": "RUNNING", "job_id": "2000",
                                   "started": "2024-01-01T10:01:00+00:00"}))  # the report job itself, running
     for key, rec in records:
@@ -364,4 +396,4 @@ class ReportHTML:
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-REPORT_SECTIONS = ["summary", "data", "cnn", "wavelet", "comparison", "shortcut", "gallery"]
+REPORT_SECTIONS = ["summary", "data", "cnn", "wavelet", "comparison", "shortcut", "gallery", "reference"]

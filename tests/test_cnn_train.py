@@ -79,7 +79,7 @@ def test_two_epochs_on_real_data_write_every_output_with_matching_ids(packed_rea
     for f in OUTPUTS:
         assert (job / f).is_file(), f
     tr, te = load_split(packed_real, "train"), load_split(packed_real, "test")
-    _, v_idx = train_validation_indices(tr, "group", 0, 1, 5, 0.2)
+    _, v_idx = train_validation_indices(tr, "case", 0, 1, 5, 0.2)
     with np.load(job / "predictions.npz") as p:
         np.testing.assert_array_equal(p["test_ids"], te.ids)  # every official Test image, in file order
         np.testing.assert_array_equal(p["test_labels"], te.labels)
@@ -92,7 +92,7 @@ def test_two_epochs_on_real_data_write_every_output_with_matching_ids(packed_rea
         test_prob = p["test_prob"]
     m = json.loads((job / "metrics.json").read_text())
     assert (m["schema"], m["arm"], m["model"], m["run"], m["fold"], m["folds"]) == (1, "cnn", "cnn", "fold-1", 1, 5)
-    assert m["augment"] == "none" and m["group_by"] == "group" and m["feature_set"] is None
+    assert m["augment"] == "none" and m["group_by"] == "case" and m["feature_set"] is None
     assert m["validation"]["n"] == len(v_idx) and m["test"]["n"] == len(te.ids)
     assert "loss" in m["validation"] and "loss" in m["test"]
     lo, hi = m["test"]["auc_ci"]

@@ -92,7 +92,7 @@ def test_local_campaign_failure_then_resume(real_root, tmp_path):
     for fs in ("coeffs", "stats"):
         for clf in ("lr", "nb"):
             assert (run / "wavelet" / fs / clf / "metrics.json").is_file()
-    assert (run / "baseline" / "greylevel-rf" / "metrics.json").is_file()
+    assert all((run / "baseline" / name / "metrics.json").is_file() for name in ("brightness-rf", "greylevel-rf"))
     assert (run / "report" / "report.html").is_file()
     assert recs["wavelet-features"]["ranks"] == 2  # launched under mpiexec -n 2 by the local executor
     manifest = json.loads((run / "manifest.json").read_text())

@@ -112,7 +112,7 @@ def test_submit_status_and_resubmit_on_a_mocked_cluster(tmp_path, capsys):
 
     # the cluster ran some of them: completed ones wrote their outputs
     plan_outputs = {k: r["outputs"] for k, r in recs.items()}
-    done = ["pack", "cnn-official", "cnn-fold-0", "cnn-fold-1", "cnn-fold-2", "baseline-greylevel-rf"]
+    done = ["pack", "cnn-official", "cnn-fold-0", "cnn-fold-1", "cnn-fold-2", "baseline"]
     for k in done:
         for o in plan_outputs[k]:
             _touch(o)
@@ -131,7 +131,7 @@ def test_submit_status_and_resubmit_on_a_mocked_cluster(tmp_path, capsys):
     assert states == {"pack/pack": "COMPLETED", "cnn/official": "COMPLETED", "cnn/fold-0": "COMPLETED",
                       "cnn/fold-1": "COMPLETED", "cnn/fold-2": "COMPLETED", "cnn/fold-3": "FAILED",
                       "cnn/fold-4": "CANCELLED", "cnn/augment-flips": "TIMEOUT", "wavelet/features": "RUNNING",
-                      "wavelet/classify": "PENDING", "baseline/greylevel-rf": "COMPLETED",
+                      "wavelet/classify": "PENDING", "baseline/baseline": "COMPLETED",
                       "report/aggregate": "PENDING"}, table
     assert f"logs/{ids['cnn-fold-3']}/{ids['cnn-fold-3']}_0_log.err" in table
     assert "cnn/fold-3: ValueError: injected" in table
@@ -260,7 +260,7 @@ def test_plain_sbatch_scripts_request_what_submitit_requests(tmp_path, capsys, c
         assert _resource_lines(text) == _resource_lines(submitted[name]), name
         assert "export MARK=1" in text.splitlines() and "export MARK=1" in submitted[name].splitlines()
     assert [line[0] for line in lines] == ["pack", "cnn-official", "cnn-folds", "cnn-augment-flips", "wavelet-features",
-                                           "wavelet-classify", "baseline-greylevel-rf", "aggregate"]
+                                           "wavelet-classify", "baseline", "aggregate"]
     assert lines[5][1:3] == ["afterok", "wavelet-features"] and lines[2][1:3] == ["afterok", "pack"]
     assert lines[-1][1] == "afterany" and lines[-1][2].split(",") == [line[0] for line in lines[:-1]]
     if config:

@@ -23,7 +23,7 @@ def test_default_plan_is_the_campaign_dag(tmp_path):
     plan = build_plan(_cfg(tmp_path), run)
     keys = plan.keys()
     assert keys == ["pack", "cnn-official", *[f"cnn-fold-{k}" for k in range(5)], "cnn-augment-flips",
-                    "cnn-augment-seed_study", "wavelet-features", "wavelet-classify", "baseline-greylevel-rf",
+                    "cnn-augment-seed_study", "wavelet-features", "wavelet-classify", "baseline",
                     "aggregate"]
     packed = str(run / "data" / "packed.h5")
     # every job after pack waits for it; classifiers wait for features; the report for everything (afterany)
@@ -55,7 +55,8 @@ def test_default_plan_is_the_campaign_dag(tmp_path):
     assert feat.args == (packed, str(run / "wavelet" / "features.h5")) and feat.tasks == 2
     cls = plan.get("wavelet-classify")
     assert len(cls.outputs) == 8 * 2 and str(run / "wavelet" / "stats" / "nb" / "metrics.json") in cls.outputs
-    assert plan.get("baseline-greylevel-rf").outputs == (str(run / "baseline" / "greylevel-rf" / "metrics.json"),)
+    assert plan.get("baseline").outputs == tuple(str(run / "baseline" / name / "metrics.json")
+                                                 for name in ("brightness-rf", "greylevel-rf"))
     assert agg.outputs == (str(run / "report" / "report.html"),)
     assert not any(s.checkpointable for s in plan if s.job_type != "train")
 
@@ -63,9 +64,9 @@ def test_default_plan_is_the_campaign_dag(tmp_path):
 def test_plan_follows_the_campaign_switches(tmp_path):
     cfg = _cfg(tmp_path, "campaign.official=false", "campaign.cv_folds=0", "campaign.augment_presets=[]",
                "campaign.wavelet=false", "campaign.resources.wavelet_features.tasks_per_node=4")
-    assert build_plan(cfg, tmp_path / "r").keys() == ["pack", "baseline-greylevel-rf", "aggregate"]
+    assert build_plan(cfg, tmp_path / "r").keys() == ["pack", "baseline", "aggregate"]
     no_baseline = _cfg(tmp_path, "campaign.wavelet=false", "campaign.baseline=false")
-    assert "baseline-greylevel-rf" not in build_plan(no_baseline, tmp_path / "r").keys()
+    assert "baseline" not in build_plan(no_baseline, tmp_path / "r").keys()
     cfg = _cfg(tmp_path, "campaign.cv_folds=2", "campaign.augment_presets=[flips]",
                "campaign.resources.wavelet_features.tasks_per_node=3")
     plan = build_plan(cfg, tmp_path / "r")
@@ -74,13 +75,13 @@ def test_plan_follows_the_campaign_switches(tmp_path):
 
 
 def test_every_arm_gets_the_same_folds(tmp_path):
-    cfg = _cfg(tmp_path, "campaign.cv_folds=3", "classify.folds=5", "classify.group_by=case", "classify.seed=9",
+    cfg = _cfg(tmp_path, "campaign.cv_folds=3", "classify.folds=5", "classify.group_by=group", "classify.seed=9",
                "train.seed=4")
     plan = build_plan(cfg, tmp_path / "r")
-    for key in ("cnn-fold-0", "wavelet-classify", "baseline-greylevel-rf"):
+    for key in ("cnn-fold-0", "wavelet-classify", "baseline"):
         c = plan.get(key).config
-        assert (c.train.folds, c.train.group_by, c.train.seed) == (3, "group", 4), key
-        assert (c.classify.folds, c.classify.group_by, c.classify.seed) == (3, "group", 4), key
+        assert (c.train.folds, c.train.group_by, c.train.seed) == (3, "case", 4), key
+        assert (c.classify.folds, c.classify.group_by, c.classify.seed) == (3, "case", 4), key
 
 
 def test_without_data_root_an_existing_packed_file_is_used(tmp_path):
@@ -174,7 +175,7 @@ def test_slurm_parameters_carry_the_resources(tmp_path):
 def test_dependency_strings_use_array_base_ids(tmp_path):
     plan = build_plan(_cfg(tmp_path, "campaign.cv_folds=2", "campaign.augment_presets=[]"), tmp_path / "r")
     ids = {"pack": "10", "cnn-official": "11", "cnn-fold-0": "12_0", "cnn-fold-1": "12_1",
-           "wavelet-features": "13", "wavelet-classify": "14", "baseline-greylevel-rf": "15"}
+           "wavelet-features": "13", "wavelet-classify": "14", "baseline": "15"}
     assert executors.dependency_string([plan.get("aggregate")], ids) == "afterany:10:11:12:13:14:15"
     assert executors.dependency_string([plan.get("wavelet-classify")], ids) == "afterok:13"
     assert executors.dependency_string([plan.get("wavelet-classify")], {}) is None  # features complete
@@ -242,7 +243,7 @@ def test_status_table_lists_plan_jobs_not_submitted(tmp_path):
     records.update_record(run, "cnn-official", state="FAILED", error="ValueError: bad")
     rows = status.collect(run, plan=plan)
     assert [(r.key, r.state) for r in rows] == [("pack", "COMPLETED"), ("cnn-official", "FAILED"),
-                                                ("baseline-greylevel-rf", "NOT_SUBMITTED"),
+                                                ("baseline", "NOT_SUBMITTED"),
                                                 ("aggregate", "NOT_SUBMITTED")]
     assert rows[0].elapsed == "0:01:05"
     text = status.format_table(rows, run)

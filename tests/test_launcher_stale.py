@@ -158,12 +158,12 @@ def test_more_folds_than_groups_fails_before_anything_runs(tmp_path, capsys, pac
     assert code == 2 and not run.exists()
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"microcal-hpc submit: error: 5 folds (campaign.cv_folds / train.folds) but the Train split has 4 "
-                   f"group(s) under group_by=group (counted in the file names under {tree}); use at most 4 folds "
+                   f"group(s) under group_by=case (counted in the file names under {tree}); use at most 4 folds "
                    "or another train.group_by")
     # from the packed file when there is one: exactly the groups the jobs form (80 Train images in 20 groups)
     code = cli.main(["submit", "--executor", "local", "--dry-run", "--run-dir", str(run),
                      "--set", f"data.packed={packed_synthetic}", "--set", "campaign.cv_folds=25"])
-    assert code == 2 and "has 20 group(s) under group_by=group (counted in" in capsys.readouterr().err
+    assert code == 2 and "has 20 group(s) under group_by=case (counted in" in capsys.readouterr().err
     assert cli.main(["submit", "--executor", "local", "--dry-run", "--run-dir", str(run),
                      "--set", f"data.packed={packed_synthetic}", "--set", "campaign.cv_folds=20"]) == 0
     # unknown classifiers and presets: config errors, before anything runs

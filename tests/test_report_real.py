@@ -1,5 +1,5 @@
 """The report of a tiny real run: the real packed data, 1-epoch CNN jobs (official and 2 folds), one
-fast wavelet classifier and the grey-level baseline, produced by the real job functions. Every section
+fast wavelet classifier and the two grey-level baselines, produced by the real job functions. Every section
 is present, every image resolves, the HTML parses, and the numbers match scikit-learn on the stored
 predictions (and the jobs' own bootstrap CIs, computed with the same groups and seed)."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.timeout(300)]
 
 OVERRIDES = ["train.epochs=1", "train.batch_size=64", "train.folds=2", "campaign.cv_folds=2",
              "campaign.augment_presets=[]", "classify.folds=2", "classify.classifiers=[lr]",
-             "classify.feature_sets=[stats]", "wavelet.features=stats", "report.bootstrap=200",
+             "classify.feature_sets=[stats]", "wavelet.features=[stats]", "report.bootstrap=200",
              "report.gallery_size=6"]
 
 
@@ -62,8 +62,9 @@ def test_real_run_report_has_every_section_and_figure(real_run):
     images = doc.decoded_images(html.parent)
     assert len(images) == len(names) and all(b.startswith(PNG_MAGIC) for b in images)
     assert all((html.parent / f["file"]).stat().st_size > 5000 for f in metrics["figures"])
-    for key in ("cnn_study", "cnn_loss", "wavelet_stats", "comparison_folds", "comparison_test", "shortcut",
-                "partition", "integrity", "acquisition_codes", "folds", "provenance"):
+    for key in ("cnn_study", "cnn_loss", "wavelet_stats", "comparison_folds", "comparison_paired", "shortcut",
+                "within_source", "test_without_overlap", "reference_study", "settings", "partition", "integrity",
+                "acquisition_codes", "folds", "provenance"):
         assert f"table-{key}" in doc.table_ids, key
     # the real data's counts and quirks (NOTES.md): 636 Train (330/306), 161 Test (84/77), 9 identical pairs across
     part = {r["split"]: r for r in metrics["tables"]["partition"]["rows"]}
@@ -71,8 +72,16 @@ def test_real_run_report_has_every_section_and_figure(real_run):
     assert len(metrics["data_integrity"]["cross_split_identical_pairs"]) == 9
     cv = next(r for r in metrics["tables"]["cnn_study"]["rows"] if r["model"] == "CNN cross-validation")
     assert "2 of 2 folds" in cv["evaluated_on"]
-    assert all(r["same_images"] == "yes" for r in metrics["tables"]["comparison_folds"]["rows"][:-1])
-    assert "grey-level" in doc.text and "12 global grey-level statistics" in doc.text
+    assert all(r["same0"] == "yes" for r in metrics["tables"]["comparison_folds"]["rows"][:-1])
+    assert "Brightness alone" in doc.text and "12 grey-level statistics with extremes" in doc.text
+    # the real data's source confound (NOTES.md): every Test cluster patch is b or u, no normal patch is
+    assert "the cluster patches have source letter(s) b, u" in doc.text
+    assert "separates the Test classes perfectly" in doc.text
+    ws = metrics["shortcut"]["within_source"]
+    assert {"b", "u"} <= set(ws["excluded"]) and ws["letters"]  # letters with both classes in Train exist
+    settings = {r["setting"]: r["value"] for r in metrics["tables"]["settings"]["rows"]}
+    assert settings["CNN parameters"] == "568,449"  # read from model.keras
+    assert settings["CNN architecture"].startswith("Conv 32 3×3 relu → MaxPool 2×2 → Conv 64")
 
 
 def test_real_run_numbers_match_scikit_learn_and_the_jobs(real_run):
@@ -98,9 +107,24 @@ def test_real_run_numbers_match_scikit_learn_and_the_jobs(real_run):
     assert w["test_auc"] == pytest.approx(roc_auc_score(zw["test_labels"], zw["test_prob"]), abs=1e-12)
     wjob = json.loads((run / "wavelet" / "stats" / "lr" / "metrics.json").read_text())
     assert w["cv_auc"]["mean"] == pytest.approx(wjob["cv"]["summary"]["auc"]["mean"], abs=1e-12)
-    base = next(r for r in metrics["tables"]["shortcut"]["rows"] if r["key"] == "greylevel-rf")
-    zb = np.load(run / "baseline" / "greylevel-rf" / "predictions.npz")
-    assert base["test_auc"] == pytest.approx(roc_auc_score(zb["test_labels"], zb["test_prob"]), abs=1e-12)
-    p = metrics["paired_test"]
+    for name in ("brightness-rf", "greylevel-rf"):
+        base = next(r for r in metrics["tables"]["shortcut"]["rows"] if r["key"] == f"baseline:{name}")
+        zb = np.load(run / "baseline" / name / "predictions.npz")
+        assert base["test_auc"] == pytest.approx(roc_auc_score(zb["test_labels"], zb["test_prob"]), abs=1e-12)
+    (comp,) = metrics["comparisons"]  # no RF on coeffs in this run: only the best by CV AUC
+    assert comp["wavelet"] == "stats/lr" and comp["role"] == "best wavelet model by CV AUC"
+    p = comp["paired"]["test"]
     assert p["diff"] == pytest.approx(rows["CNN"]["auc"] - w["test_auc"], abs=1e-12)
     assert p["ci_low"] <= p["diff"] <= p["ci_high"]
+    clean = next(r for r in metrics["tables"]["test_without_overlap"]["rows"] if r["key"] == "cnn/official")
+    keep = ~np.isin(z["test_ids"], [i for i in z["test_ids"] if i in set(_overlapping(run))])
+    assert clean["auc_clean"] == pytest.approx(roc_auc_score(z["test_labels"][keep], z["test_prob"][keep]), abs=1e-12)
+
+
+def _overlapping(run) -> list[str]:
+    """Test ids pixel-identical to a Train image or sharing a group or case with Train, from the packed file."""
+    from microcal_hpc.dataset import load_split
+
+    tr, te = (load_split(run / "data" / "packed.h5", s, images=False) for s in ("train", "test"))
+    bad = np.isin(te.pixel_hash, tr.pixel_hash) | np.isin(te.groups, tr.groups) | np.isin(te.cases, tr.cases)
+    return te.ids[bad].tolist()

@@ -222,7 +222,7 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
     for fs in ("coeffs", "stats"):
         for clf in ("lr", "nb"):
             assert (run / "wavelet" / fs / clf / "metrics.json").is_file(), logs()
-    assert (run / "baseline" / "greylevel-rf" / "metrics.json").is_file()
+    assert all((run / "baseline" / name / "metrics.json").is_file() for name in ("brightness-rf", "greylevel-rf"))
     assert (run / "report" / "report.html").is_file()
     assert "on 2 rank(s)" in (run / "wavelet" / "features.log").read_text()  # srun --mpi=pmix: one MPI world
     # the same job environment: setup in every job, every command inside the container wrapper

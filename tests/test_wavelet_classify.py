@@ -50,9 +50,10 @@ def test_classifiers_write_outputs_with_probability_based_auc(real_features, pac
         assert {"metrics.json", "predictions.npz", "config.yaml", "classify.log"} <= files
         m = json.loads((run / folder / "metrics.json").read_text())
         p = np.load(run / folder / "predictions.npz")
-        assert (m["schema"], m["arm"], m["run"], m["folds"], m["group_by"]) == (1, "wavelet", "cv", 5, "group")
+        assert (m["schema"], m["arm"], m["run"], m["folds"], m["group_by"]) == (1, "wavelet", "cv", 5, "case")
         assert m["feature_set"] in ("coeffs", "stats") and m["model"] in ("svm", "nb")
-        assert m["n_features"] == {"coeffs": 2430, "stats": 65}[m["feature_set"]]
+        assert m["n_features"] == {"coeffs": 2430, "stats": 45}[m["feature_set"]]
+        assert m["wavelet"]["boundary_free_max_level"] == 2 and m["wavelet"]["effective_level"] == 4
 
         # Test AUC: from the stored scores, not from hard labels (those give a different, lower number)
         auc = roc_auc_score(p["test_labels"], p["test_prob"])

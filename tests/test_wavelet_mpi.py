@@ -43,7 +43,7 @@ def _mpiexec(n: int, *args: str) -> tuple[subprocess.CompletedProcess, float]:
 
 def _datasets(path: Path) -> dict:
     with h5py.File(path, "r") as f:
-        out = {f"/{s}/{k}": f[s][k][()] for s in ("train", "test") for k in f[s]}
+        out = {f"/{s}/{k}": f[s][k][()] for s in ("train", "test", "feature_names") for k in f[s]}
         out.update({f"@{k}": v for k, v in f.attrs.items()})
     return out
 
@@ -96,12 +96,13 @@ def test_tile_aligned_rank_slices_start_on_a_tile_of_their_split(total, size):
 def test_two_ranks_write_the_same_bytes_as_one(packed_real, tmp_path):
     from microcal_hpc.wavelet.features_job import features_job
 
-    cfg = Config(wavelet=WaveletConfig(features="both"))
+    every_set = ["coeffs", "stats", "approx_stats", "other_levels_stats"]
+    cfg = Config(wavelet=WaveletConfig(features=every_set))
     serial = tmp_path / "serial" / "features.h5"
     features_job(cfg, str(packed_real), str(serial))  # in-process: no MPI launcher, SerialComm
 
     parallel = tmp_path / "mpi" / "features.h5"
-    proc, _ = _mpiexec(2, "--data", str(packed_real), "--out", str(parallel), "--features", "both",
+    proc, _ = _mpiexec(2, "--data", str(packed_real), "--out", str(parallel), "--features", ",".join(every_set),
                        "--chunk-size", "150")  # 3 uneven rounds per rank, rank 1 spans Train and Test
     assert proc.returncode == 0, proc.stderr
     assert "on 2 rank(s)" in proc.stderr
@@ -110,12 +111,20 @@ def test_two_ranks_write_the_same_bytes_as_one(packed_real, tmp_path):
 
     data = _datasets(serial)
     train = load_split(packed_real, "train")
-    assert data["/train/coeffs"].shape == (636, 2430) and data["/test/stats"].shape == (161, 65)
+    assert data["/train/coeffs"].shape == (636, 2430) and data["/test/stats"].shape == (161, 45)
+    assert data["/train/approx_stats"].shape == (636, 5) and data["/test/other_levels_stats"].shape == (161, 15)
+    # every column is named: sub-band and statistic, or sub-band, row and column
+    names = {fs: list(data[f"/feature_names/{fs}"].astype(str)) for fs in every_set}
+    assert names["approx_stats"] == ["A4_energy", "A4_mean_abs", "A4_std", "A4_skewness", "A4_kurtosis"]
+    assert names["stats"][:2] == ["H4_energy", "H4_mean_abs"] and names["stats"][-1] == "D2_kurtosis"
+    assert {n[:2] for n in names["other_levels_stats"]} == {"H1", "V1", "D1"}
+    assert names["coeffs"][0] == "H4_0_0" and names["coeffs"][-1] == "D2_20_20"
+    assert [len(names[fs]) for fs in every_set] == [2430, 45, 5, 15]
     assert list(data["/train/ids"].astype(str)) == list(train.ids)
     assert np.array_equal(data["/train/labels"], train.labels)
-    ref = extract_features(train.images[:5], feature_sets=("coeffs", "stats"), dtype=cfg.wavelet.dtype)
-    assert np.array_equal(data["/train/coeffs"][:5], ref["coeffs"])
-    assert np.array_equal(data["/train/stats"][:5], ref["stats"])
+    ref = extract_features(train.images[:5], feature_sets=every_set, dtype=cfg.wavelet.dtype)
+    for fs in every_set:
+        assert np.array_equal(data[f"/train/{fs}"][:5], ref[fs]), fs
     assert data["@effective_level"] == 4 and data["@boundary_free_max_level"] == 2
 
     # complete for the same settings and input: nothing is rewritten
@@ -129,6 +138,7 @@ def test_two_ranks_write_the_same_bytes_as_one(packed_real, tmp_path):
     assert summary["status"] == "written"
     with h5py.File(serial) as f:
         assert f["train/coeffs"].shape == (636, 3 * 144)
+        assert f["train/other_levels_stats"].shape == (636, 3 * 3 * 5)  # levels 3, 2, 1
 
 
 @pytest.mark.mpi

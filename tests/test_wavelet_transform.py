@@ -11,9 +11,9 @@ from scipy import stats as sstats
 
 from microcal_hpc.synthetic import synthetic_patch
 from microcal_hpc.wavelet.estimator import WaveletFeatures
-from microcal_hpc.wavelet.transform import (WaveletSettingsError, check_keep_levels, coeff_features,
-                                            detail_index, extract_features, resolve_level, stats_feature_names,
-                                            stats_features, wavedec2_batch)
+from microcal_hpc.wavelet.transform import (FEATURE_SETS, WaveletSettingsError, check_feature_sets,
+                                            check_keep_levels, coeff_features, detail_index, extract_features,
+                                            feature_set_columns, feature_set_values, resolve_level, wavedec2_batch)
 
 
 def _images(n: int, seed: int = 0, balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -25,10 +25,11 @@ def _images(n: int, seed: int = 0, balanced: bool = False) -> tuple[np.ndarray, 
 @pytest.mark.parametrize("engine", ["pywt", "matrix"])
 def test_reference_setting_gives_2430_coefficients_equal_to_a_per_image_loop(engine):
     images, _ = _images(6)
-    feats = extract_features(images, "db5", 4, check_keep_levels([2, 3, 4], 4), "symmetric", ("coeffs", "stats"),
+    feats = extract_features(images, "db5", 4, check_keep_levels([2, 3, 4], 4), "symmetric", tuple(FEATURE_SETS),
                              engine=engine)
     assert feats["coeffs"].shape == (6, 2430)
-    assert feats["stats"].shape == (6, 65)
+    assert feats["stats"].shape == (6, 45)  # 9 detail sub-bands of levels 2-4, 5 statistics each
+    assert feats["approx_stats"].shape == (6, 5) and feats["other_levels_stats"].shape == (6, 15)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i in range(len(images)):
@@ -56,31 +57,67 @@ def test_detail_levels_index_pywavelets_output_from_the_coarsest():
 
 @pytest.mark.parametrize("engine", ["pywt", "matrix"])
 def test_features_do_not_depend_on_how_images_are_batched(engine):
-    images, _ = _images(9, seed=3)
-    whole = extract_features(images, feature_sets=("coeffs", "stats"), engine=engine)
-    parts = [extract_features(images[a:b], feature_sets=("coeffs", "stats"), engine=engine)
-             for a, b in ((0, 1), (1, 5), (5, 9))]
-    for key in ("coeffs", "stats"):
-        assert np.array_equal(whole[key], np.concatenate([p[key] for p in parts]))
+    images, _ = _images(40, seed=3)
+    whole = extract_features(images, feature_sets=tuple(FEATURE_SETS), engine=engine)
+    # odd band sizes (15x15, 21x21) put the rows of a sub-band at every alignment: a BLAS dot per row
+    # gave the same image other last bits in another batch
+    for cuts in (((0, 1), (1, 5), (5, 40)), ((0, 7), (7, 8), (8, 29), (29, 40)), ((0, 3), (3, 40))):
+        parts = [extract_features(images[a:b], feature_sets=tuple(FEATURE_SETS), engine=engine) for a, b in cuts]
+        for key in FEATURE_SETS:
+            assert np.array_equal(whole[key], np.concatenate([p[key] for p in parts])), (key, cuts)
 
 
 def test_stats_match_scipy_moments_per_subband():
     images, _ = _images(3, seed=1)
     coeffs = wavedec2_batch(images, "db5", 4)
-    feats = stats_features(coeffs)
-    names = stats_feature_names(4)
-    assert len(names) == feats.shape[1] == 5 * 13
-    band = coeffs[detail_index(4, 3)][2]  # D3
-    for i in range(3):
-        x = band[i].ravel()
-        row = dict(zip(names, feats[i]))
-        np.testing.assert_allclose(row["D3_energy"], np.mean(x ** 2), rtol=1e-12)
-        np.testing.assert_allclose(row["D3_mean_abs"], np.mean(np.abs(x)), rtol=1e-12)
-        np.testing.assert_allclose(row["D3_std"], np.std(x), rtol=1e-12)
-        np.testing.assert_allclose(row["D3_skewness"], sstats.skew(x), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(row["D3_kurtosis"], sstats.kurtosis(x), rtol=1e-9, atol=1e-12)
-    constant = stats_features(wavedec2_batch(np.full((1, 60, 60), 7, np.uint8), "db5", 4))
+    keep = check_keep_levels([2, 3, 4], 4)
+    for fs, band_name, band in (("stats", "D3", coeffs[detail_index(4, 3)][2]), ("approx_stats", "A4", coeffs[0]),
+                                ("other_levels_stats", "H1", coeffs[detail_index(4, 1)][0])):
+        feats, names = feature_set_values(fs, coeffs, keep), feature_set_columns(fs, coeffs, keep)
+        assert len(names) == feats.shape[1]
+        for i in range(3):
+            x = band[i].ravel()
+            row = dict(zip(names, feats[i]))
+            np.testing.assert_allclose(row[f"{band_name}_energy"], np.mean(x ** 2), rtol=1e-12)
+            np.testing.assert_allclose(row[f"{band_name}_mean_abs"], np.mean(np.abs(x)), rtol=1e-12)
+            np.testing.assert_allclose(row[f"{band_name}_std"], np.std(x), rtol=1e-12)
+            np.testing.assert_allclose(row[f"{band_name}_skewness"], sstats.skew(x), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(row[f"{band_name}_kurtosis"], sstats.kurtosis(x), rtol=1e-9, atol=1e-12)
+    constant = feature_set_values("stats", wavedec2_batch(np.full((1, 60, 60), 7, np.uint8), "db5", 4), keep)
     assert np.isfinite(constant).all()
+
+
+def test_each_feature_set_holds_only_its_named_subbands():
+    """'stats' sees the kept detail levels only: changing the approximation or level 1 leaves it unchanged."""
+    images, _ = _images(2, seed=4)
+    coeffs = wavedec2_batch(images, "db5", 4)
+    keep = check_keep_levels([2, 3, 4], 4)
+    before = {fs: feature_set_values(fs, coeffs, keep) for fs in FEATURE_SETS}
+    coeffs[0] = coeffs[0] * 3 + 50  # the approximation band (brightness)
+    coeffs[detail_index(4, 1)] = tuple(b * 2 for b in coeffs[detail_index(4, 1)])  # level 1, not kept
+    after = {fs: feature_set_values(fs, coeffs, keep) for fs in FEATURE_SETS}
+    assert np.array_equal(before["coeffs"], after["coeffs"]) and np.array_equal(before["stats"], after["stats"])
+    assert not np.array_equal(before["approx_stats"], after["approx_stats"])
+    assert not np.array_equal(before["other_levels_stats"], after["other_levels_stats"])
+    names = {fs: feature_set_columns(fs, coeffs, keep) for fs in FEATURE_SETS}
+    assert {n.split("_")[0] for n in names["stats"]} == {f"{b}{j}" for b in "HVD" for j in (2, 3, 4)}
+    assert {n.split("_")[0] for n in names["approx_stats"]} == {"A4"}
+    assert {n.split("_")[0] for n in names["other_levels_stats"]} == {"H1", "V1", "D1"}
+    assert names["coeffs"][:2] == ["H4_0_0", "H4_0_1"] and len(names["coeffs"]) == 2430
+
+
+@pytest.mark.parametrize("names, match", [
+    (["both"], "'both' is the old spelling: list the sets by name"),
+    (["coeffs", "stat"], r"unknown feature set\(s\) stat \(did you mean stats\?\)"),
+    ([], "no feature set named"),
+    (["stats", "stats"], "name a set twice"),
+])
+def test_bad_feature_set_names_are_one_line_errors(names, match):
+    with pytest.raises(WaveletSettingsError, match=match) as exc:
+        check_feature_sets(names, 4, [2, 3, 4])
+    assert "\n" not in str(exc.value)
+    with pytest.raises(WaveletSettingsError, match="other_levels_stats is empty"):
+        check_feature_sets(["other_levels_stats"], 4, [1, 2, 3, 4])
 
 
 def test_level_too_high_logs_one_line_and_no_pywavelets_warning(caplog):
@@ -103,7 +140,8 @@ def test_level_too_high_logs_one_line_and_no_pywavelets_warning(caplog):
     ({"level": 7}, "too high for 60x60"),
     ({"mode": "mirror"}, "not a PyWavelets extension mode"),
     ({"keep_levels": (2, 5)}, r"keep_levels \[5\] outside 1..4"),
-    ({"features": "all"}, "coeffs, stats or both"),
+    ({"features": "all"}, "unknown feature set"),
+    ({"features": "both"}, "old spelling"),
 ])
 def test_bad_settings_raise_clear_errors(kwargs, match):
     images, _ = _images(2)
@@ -127,10 +165,11 @@ def test_transformer_in_a_pipeline_with_cross_validation():
     flat = cross_val_score(clone(pipe).set_params(wavelet__image_shape=(60, 60)), images.reshape(60, -1), labels,
                            cv=3, scoring="roc_auc")
     assert np.allclose(auc, flat)  # (N, H*W) input with image_shape gives the same result
-    fitted = WaveletFeatures(features="both").fit(images)
+    fitted = WaveletFeatures(features=["coeffs", "stats"]).fit(images)
     out = fitted.transform(images[:4])
-    assert out.shape == (4, 2430 + 65) == (4, fitted.n_features_out_)
-    assert len(fitted.get_feature_names_out()) == out.shape[1]
+    assert out.shape == (4, 2430 + 45) == (4, fitted.n_features_out_)
+    names = fitted.get_feature_names_out()
+    assert len(names) == out.shape[1] and names[2430] == "H4_energy"
     with pytest.raises(ValueError, match="not square"):
         WaveletFeatures().fit(np.zeros((2, 3600 - 1)))
     with pytest.raises(ValueError, match="fitted on 60x60"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from microcal_hpc.baseline import BASELINE_NAME
+from microcal_hpc.baseline import BASELINES
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _baseline_paths(name: str, cfg, run: Path, data: str) -> JobPaths:
     bdir = run / "baseline"
     folders = [bdir / folder for folder in baseline_folders()]
     return JobPaths((data, str(bdir)), tuple(str(f / "metrics.json") for f in folders), (str(bdir / "*"),),
-                    str(folders[0] / "baseline.log"))
+                    str(bdir / "baseline.log"))
 
 
 def _aggregate_paths(name: str, cfg, run: Path, data: str) -> JobPaths:
@@ -83,7 +83,7 @@ def _aggregate_paths(name: str, cfg, run: Path, data: str) -> JobPaths:
 
 def baseline_folders() -> list[str]:
     """The model folders the baseline job writes under RUN/baseline/ (declared in microcal_hpc.baseline)."""
-    return [BASELINE_NAME]
+    return list(BASELINES)
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def campaign_jobs(cfg) -> list[PlannedJob]:
         jobs.append(PlannedJob(k["wavelet-features"], "wavelet-features", "features"))
         jobs.append(PlannedJob(k["wavelet-classify"], "wavelet-classify", "classify"))
     if camp.baseline:
-        jobs.append(PlannedJob(k["baseline"], f"baseline-{BASELINE_NAME}", BASELINE_NAME))
+        jobs.append(PlannedJob(k["baseline"], "baseline", "baseline"))
     jobs.append(PlannedJob(k["aggregate"], "aggregate", "aggregate"))
     return jobs
 

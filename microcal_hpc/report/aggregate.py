@@ -1,5 +1,5 @@
 """The aggregate job: gather every output of a run directory into RUN/report/ (report.html, report.md,
-metrics.json, figures/). Runs as the last job of a campaign and by hand on any run directory,
+metrics.json, metrics.csv, figures/). Runs as the last job of a campaign and by hand on any run directory,
 complete or partial: a partial run gives a report that lists what is missing and a warning (exit 0).
 
 Command line: ``microcal-hpc aggregate``. The report is rebuilt only when an input
@@ -27,12 +27,12 @@ def report_metrics(out: Path) -> dict:
 
 
 def _up_to_date(out: Path, fingerprint: str) -> bool:
-    return report_metrics(out).get("inputs_fingerprint") == fingerprint and (out / "report.html").is_file() \
-        and (out / "report.md").is_file()
+    return report_metrics(out).get("inputs_fingerprint") == fingerprint and all(
+        (out / name).is_file() for name in ("report.html", "report.md", "metrics.csv"))
 
 
 def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
-    """Build RUN/report/{report.html, report.md, metrics.json, figures/}; return the path of report.html.
+    """Build RUN/report/{report.html, report.md, metrics.json, metrics.csv, figures/}; return the path of report.html.
 
     Writes RUN/report/aggregate.log; logs a warning (and still succeeds) when the run is partial.
     report.html is removed before a rebuild and written last (the launcher's completeness marker); with
@@ -59,10 +59,11 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     t0 = time.perf_counter()
     log.info("aggregating %s", run)
     html_path.unlink(missing_ok=True)
-    report, metrics, coll = build_report(cfg, run, out)
+    report, metrics, coll, csv_text = build_report(cfg, run, out)
     metrics["inputs_fingerprint"] = fingerprint
     page = render_html(report, embed=True)
     write_text(out / "report.md", render_markdown(report))
+    write_text(out / "metrics.csv", csv_text)
     metrics["elapsed_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "metrics.json", metrics)
     write_text(html_path, page)

@@ -1,6 +1,6 @@
 """Assemble the report of a run directory: collect, recompute the tables, draw the figures, lay out the
-sections. :func:`build_report` returns the :class:`Report` and the dict written as metrics.json;
-:mod:`microcal_hpc.report.aggregate` writes them.
+sections. :func:`build_report` returns the :class:`Report`, the dict written as metrics.json and the text
+of metrics.csv; :mod:`microcal_hpc.report.aggregate` writes them.
 """
 from __future__ import annotations
 
@@ -17,9 +17,15 @@ import yaml
 from microcal_hpc import __version__
 from microcal_hpc.config import Config
 from microcal_hpc.report import figures as F
+from microcal_hpc.report import shortcut as SC
 from microcal_hpc.report import tables as T
 from microcal_hpc.report.collect import RunCollection, collect_run, packed_path
+from microcal_hpc.report.comparison import compare_all, comparison_tables, comparison_values, conclusion
+from microcal_hpc.report.data import DataSummary, data_summary
+from microcal_hpc.report.export import metrics_csv, metrics_rows
+from microcal_hpc.report.reference import reference_table, settings_table
 from microcal_hpc.report.render import Box, Figure, Paragraph, Pre, Report, Section, figure_list
+from microcal_hpc.report.saliency import read_saliency, share_summary, share_text
 
 log = logging.getLogger("microcal.aggregate")
 
@@ -100,8 +106,159 @@ def _status_box(coll: RunCollection) -> Box:
     return Box("Complete run: every expected job finished", [], kind="ok")
 
 
-def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple[Report, dict[str, Any], RunCollection]:
-    """Collect the run, recompute the tables, write the figures into ``out_dir/figures``, lay out the report."""
+def _data_section(coll: RunCollection, cfg: Config, run_dir: Path, fig) -> tuple[Section, Optional[DataSummary]]:
+    data = Section("data", "2. Data")
+    if not coll.packed:
+        data.blocks.append(Box("Packed data not found", [f"{packed_path(cfg, run_dir)} is absent: no data tables, "
+                                                         "patch grid, gallery or shortcut analysis"]))
+        return data, None
+    D = data_summary(coll.packed, cfg)
+    partition, folds, integ, codes = D.tables
+    data.blocks.append(partition)
+    p = fig("data_partition", F.data_partition, D)
+    data.blocks.append(Figure("data_partition.png", p, "Left: patches per split and label. Right: distribution "
+                              "of each patch's mean grey level by split (solid Train, dashed Test) and label."))
+    p = fig("patch_grid", F.patch_grid, D.train.images, D.train.labels, cfg.report.gallery_size, cfg.report.seed)
+    if p:
+        data.blocks.append(Figure("patch_grid.png", p, f"Random Train patches (seed {cfg.report.seed}): "
+                                  f"{2 * cfg.report.gallery_size} of each class, frame colour = class."))
+    data.blocks += [integ, codes, folds]
+    return data, D
+
+
+def _curves(S: T.Summaries) -> tuple[list, list, list]:
+    """The models of the confusion-matrix and ROC figures: CNN runs, the ensemble, the key wavelet models, baselines."""
+    cm = list(S.cnn_single) + ([S.ensemble] if S.ensemble else [])
+    test = [(s.label, s.run.test, F.CNN_SHADES[i % len(F.CNN_SHADES)], "-") for i, s in enumerate(cm)]
+    cv = [("CNN", {k: s.run.val for k, s in S.cnn_folds.items()}, F.ARM_COLOURS["cnn"], "-")] if S.cnn_folds else []
+    for key, role in ((S.reference_wavelet, "Reference pipeline"), (S.best_wavelet, "Best wavelet by CV")):
+        if key and not any(m.run.name == key for m in cm):
+            w = S.wavelet[key]
+            label = f"{role}: {T.wavelet_label(w.run)}"
+            cm.append(T.ModelSummary(w.run, label, w.threshold, test=w.test))
+            test.append((label, w.run.test, F.wavelet_colour(w), "--"))
+            cv.append((label, w.cv_preds, F.wavelet_colour(w), "--"))
+    for name, b in S.baseline.items():
+        colour, style = F.baseline_style(name)
+        cm.append(T.ModelSummary(b.run, f"Baseline: {name}", b.threshold, test=b.test))
+        test.append((f"Baseline: {name}", b.run.test, colour, style))
+        if b.cv_preds:
+            cv.append((f"Baseline: {name}", b.cv_preds, colour, style))
+    return cm, test, cv
+
+
+def _cnn_section(S: T.Summaries, cfg: Config, fig) -> Section:
+    cnn = Section("cnn", "3. CNN")
+    cnn.blocks += [T.cnn_study_table(S, cfg), T.cnn_loss_table(S)]
+    p = fig("learning_curves", F.learning_curves, S)
+    if p:
+        cnn.blocks.append(Figure("learning_curves.png", p, "Loss and accuracy per epoch: training (solid; Keras' "
+                                 "running mean over the epoch) and, for fold models, validation on the held-out fold "
+                                 "(dashed)."))
+    cm, test, cv = _curves(S)
+    p = fig("confusion_matrices", F.confusion_matrices, cm)
+    if p:
+        cnn.blocks.append(Figure("confusion_matrices.png", p, "Confusion matrices on the official Test set "
+                                 "(counts and percentage of the true class)."))
+    p = fig("roc_test", F.roc_single, test)
+    if p:
+        cnn.blocks.append(Figure("roc_test.png", p, "ROC curves on the official Test set; inset: the top-left corner "
+                                 "enlarged.", half=True))
+    p = fig("roc_cv", F.roc_cv, cv, expected_folds=S.expected_folds)
+    if p:
+        cnn.blocks.append(Figure("roc_cv.png", p, "Mean cross-validation ROC (true positive rate interpolated on a "
+                                 "common false-positive-rate grid, averaged over folds) with a ±1 std band; inset: the "
+                                 "top-left corner enlarged.", half=True))
+    return cnn
+
+
+def _level_note(S: T.Summaries) -> str:
+    w = next((s.run.metrics.get("wavelet") for s in S.wavelet.values() if s.run.metrics.get("wavelet")), None) or {}
+    level, free, shape = w.get("effective_level"), w.get("boundary_free_max_level"), w.get("image_shape")
+    if level is None or free is None or level <= free:
+        return ""
+    size = f"{shape[0]}×{shape[1]} " if shape else ""
+    span = f"{free + 1}" if level == free + 1 else f"{free + 1}-{level}"
+    return (f" Level {level} exceeds PyWavelets' boundary-free maximum for {size}patches ({free}): the coefficients "
+            f"of level(s) {span} are all affected by the signal extension at the borders ({w.get('mode', '?')} mode).")
+
+
+def _wavelet_section(S: T.Summaries, cfg: Config, fig) -> Section:
+    from microcal_hpc.wavelet.transform import FEATURE_SETS
+
+    wav = Section("wavelet", "4. Wavelet classifiers")
+    wts = T.wavelet_tables(S)
+    if wts:
+        w = cfg.wavelet
+        sets = "; ".join(f"'{fs}': {FEATURE_SETS.get(fs, '?')}" for fs in sorted({s.run.feature_set for s in S.wavelet.values()}))
+        wav.blocks.append(Paragraph(f"Features: {w.wavelet} wavelet, level {w.level}, detail levels {w.keep_levels} "
+                                    f"kept. Feature sets: {sets}.{_level_note(S)} The best classifier by CV AUC "
+                                    "(the choice never looks at Test) is in bold."))
+    wav.blocks += wts or [Box("No wavelet classifier outputs", ["wavelet/<feature_set>/<classifier>/ absent"])]
+    p = fig("wavelet_bars", F.wavelet_bars, S)
+    if p:
+        wav.blocks.append(Figure("wavelet_bars.png", p, "Wavelet classifiers: CV AUC mean ± std (bars) and official-"
+                                 "Test AUC (diamonds); black frame: best by CV AUC; dashed: CNN CV AUC; dotted and "
+                                 "dash-dotted: the baselines' CV AUC. The y-axis starts where the values are."))
+    return wav
+
+
+def _shortcut_section(S: T.Summaries, D: Optional[DataSummary], cfg: Config) -> tuple[Section, dict]:
+    short = Section("shortcut", "6. Shortcut analysis: baselines, sources, overlap with Train")
+    models = T.key_models(S)
+    table, text, margin = SC.baselines_table(S, models, cfg)
+    short.blocks += [Paragraph(text), table]
+    values: dict[str, Any] = {"cnn_minus_brightness": margin}
+    if D is None:
+        short.blocks.append(Box("No source or overlap analysis", ["needs the packed data"]))
+        return short, values
+    ws = SC.within_source(S, models, D, cfg)
+    short.blocks += [Paragraph(ws.text), ws.table]
+    every = [(f"cnn/{s.run.name}", s) for s in S.cnn_single] + ([("cnn/ensemble", S.ensemble)] if S.ensemble else [])
+    every += [(f"wavelet/{k}", s) for k, s in S.wavelet.items()] + [(f"baseline/{k}", s) for k, s in S.baseline.items()]
+    otable, otext, ovalues = SC.without_overlap(every, D)
+    short.blocks += [Paragraph(otext), otable]
+    values.update(within_source=ws.values, test_without_overlap=ovalues)
+    return short, values
+
+
+def _gallery_section(S: T.Summaries, D: Optional[DataSummary], cfg: Config, fig) -> tuple[Section, Optional[dict]]:
+    gal = Section("gallery", "7. Where the CNN looks: classified Test patches and saliency")
+    off = S.official
+    if D is None or off is None or off.run.test is None:
+        gal.blocks.append(Box("No gallery", ["needs the official CNN run and the packed data"]))
+        return gal, None
+    images = F.images_by_id(D.test.ids, D.test.images)
+    sal, problem = read_saliency(off.run.path, tuple(D.test.images.shape[1:]))
+    summary = None
+    if sal is None:
+        gal.blocks.append(Box("No saliency maps", [problem]))
+    else:
+        summary = share_summary(sal, images, dict(zip(D.test.ids.tolist(), D.test.labels.tolist())))
+        gal.blocks.append(Paragraph(share_text(summary)))
+    p = fig("gallery", F.gallery, images, off.run.test, off.threshold, cfg.report.gallery_size, cfg.report.seed,
+            model_label="CNN (official run)", saliency=sal.by_id() if sal else None)
+    if p:
+        gal.blocks.append(Figure("gallery.png", p, "Correctly and incorrectly classified Test patches of the official "
+                                 "CNN run with their ids and scores P(cluster)"
+                                 + (", each with its saliency map below it." if sal else ".")))
+    return gal, summary
+
+
+def _reference_section(S: T.Summaries, cfg: Config) -> Section:
+    from microcal_hpc.cnn.augment import PRESETS
+    from microcal_hpc.wavelet.transform import FEATURE_SETS
+
+    ref = Section("reference", "8. The reference study, and the settings of this one")
+    ref.blocks += [reference_table(S, cfg, PRESETS), settings_table(S, cfg, PRESETS, FEATURE_SETS)]
+    return ref
+
+
+def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple[Report, dict[str, Any], RunCollection, str]:
+    """Collect the run, recompute the tables, write the figures into ``out_dir/figures``, lay out the report.
+
+    Returns the report, the dict written as metrics.json, the collected run and the text of metrics.csv.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +274,6 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
             produced.append(Path(p).name)
         return Path(p) if p else None
 
-    # ---------------- Run summary
     from microcal_hpc.dataset import file_sha256
 
     packed_sha = file_sha256(coll.packed) if coll.packed else None
@@ -126,116 +282,25 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
     summary.blocks.append(Paragraph(
         f"Run directory {run_dir.resolve()}; report built {_dt.datetime.now().isoformat(timespec='seconds')}. "
         "Every number in the tables is recomputed from the stored predictions (predictions.npz) with "
-        "microcal_hpc.metrics; each table states the images, runs or folds it rests on."))
-    summary.blocks.append(T.model_output_table(coll))
-    summary.blocks.append(T.job_table(coll))
-    summary.blocks.append(provenance_table(coll, packed_sha))
+        "microcal_hpc.metrics; each table states the images, runs or folds it rests on. All metrics are also in "
+        "metrics.csv (one row per model, evaluation and metric)."))
+    summary.blocks += [T.model_output_table(coll), T.job_table(coll), provenance_table(coll, packed_sha)]
     cfg_text = coll.config_text if coll.config_text is not None else yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     summary.blocks.append(Pre("Configuration as used (config.yaml of the run)" if coll.config_text is not None
                               else "Configuration (the run has no config.yaml: the configuration given to aggregate)",
                               cfg_text))
-
-    # ---------------- Data
-    data = Section("data", "2. Data")
-    D = None
-    if coll.packed:
-        D = T.data_summary(coll.packed, cfg)
-        partition, folds, integ, codes = D.tables
-        data.blocks.append(partition)
-        p = fig("data_partition", F.data_partition, D)
-        data.blocks.append(Figure("data_partition.png", p, "Left: patches per split and label. Right: distribution "
-                                  "of each patch's mean grey level by split (solid Train, dashed Test) and label."))
-        p = fig("patch_grid", F.patch_grid, D.train_images, D.train_labels, cfg.report.gallery_size, cfg.report.seed)
-        if p:
-            data.blocks.append(Figure("patch_grid.png", p, f"Random Train patches (seed {cfg.report.seed}): "
-                                      f"{2 * cfg.report.gallery_size} of each class, frame colour = class."))
-        data.blocks += [integ, codes, folds]
-    else:
-        data.blocks.append(Box("Packed data not found", [f"{packed_path(cfg, run_dir)} is absent: no data tables, "
-                                                         "patch grid or gallery"]))
-
-    # ---------------- CNN
-    cnn = Section("cnn", "3. CNN")
-    cnn.blocks.append(T.cnn_study_table(S))
-    cnn.blocks.append(T.cnn_loss_table(S))
-    p = fig("learning_curves", F.learning_curves, S)
-    if p:
-        cnn.blocks.append(Figure("learning_curves.png", p, "Loss and accuracy per epoch: training (solid; Keras' "
-                                 "running mean over the epoch) and validation (dashed; hold-out or held-out fold)."))
-    cm_models = list(S.cnn_single)
-    best_w = S.wavelet.get(S.best_wavelet) if S.best_wavelet else None
-    if best_w:
-        cm_models.append(T.ModelSummary(best_w.run, f"Best wavelet: {F._wavelet_label(best_w)}", best_w.threshold,
-                                        test=best_w.test))
-    for k, b in S.baseline.items():
-        cm_models.append(T.ModelSummary(b.run, f"Baseline: {k}", b.threshold, test=b.test))
-    p = fig("confusion_matrices", F.confusion_matrices, cm_models)
-    if p:
-        cnn.blocks.append(Figure("confusion_matrices.png", p, "Confusion matrices on the official Test set "
-                                 "(counts and percentage of the true class)."))
-    curves = [(s.label, s.run.test, F.CNN_SHADES[i % len(F.CNN_SHADES)], "-") for i, s in enumerate(S.cnn_single)]
-    if best_w:
-        curves.append((f"Best wavelet: {F._wavelet_label(best_w)}", best_w.run.test, F._wavelet_colour(best_w), "--"))
-    for k, b in S.baseline.items():
-        curves.append((f"Baseline: {k}", b.run.test, F.ARM_COLOURS["baseline"], ":"))
-    p = fig("roc_test", F.roc_single, curves)
-    if p:
-        cnn.blocks.append(Figure("roc_test.png", p, "ROC curves of the single runs on the official Test set.",
-                                 half=True))
-    cv_groups = []
-    if S.cnn_folds:
-        cv_groups.append(("CNN", {k: s.run.val for k, s in S.cnn_folds.items()}, F.ARM_COLOURS["cnn"]))
-    if best_w:
-        cv_groups.append((f"Wavelet: {F._wavelet_label(best_w)}", best_w.cv_preds, F._wavelet_colour(best_w)))
-    for k, b in S.baseline.items():
-        if b.cv_preds:
-            cv_groups.append((f"Baseline: {k}", b.cv_preds, F.ARM_COLOURS["baseline"]))
-    p = fig("roc_cv", F.roc_cv, cv_groups, expected_folds=S.expected_folds)
-    if p:
-        cnn.blocks.append(Figure("roc_cv.png", p, "Mean cross-validation ROC (true positive rate interpolated on a "
-                                 "common false-positive-rate grid, averaged over folds) with a ±1 std band.",
-                                 half=True))
-
-    # ---------------- Wavelet
-    wav = Section("wavelet", "4. Wavelet classifiers")
-    wts = T.wavelet_tables(S)
-    if wts:
-        wav.blocks.append(Paragraph(f"Features: {cfg.wavelet.wavelet} wavelet, level {cfg.wavelet.level}, detail levels "
-                                    f"{cfg.wavelet.keep_levels} ('coeffs': the coefficients; 'stats': statistics of "
-                                    "each sub-band). The best classifier by CV AUC is in bold."))
-    wav.blocks += wts or [Box("No wavelet classifier outputs", ["wavelet/<feature_set>/<classifier>/ absent"])]
-    p = fig("wavelet_bars", F.wavelet_bars, S)
-    if p:
-        wav.blocks.append(Figure("wavelet_bars.png", p, "Wavelet classifiers: CV AUC mean ± std (bars) and official-"
-                                 "Test AUC (diamonds); black frame: best by CV AUC; dashed: CNN CV AUC; dotted: grey-level shortcut "
-                                 "baseline CV AUC."))
-
-    # ---------------- Comparison
-    cmp = T.comparison(S, cfg)
+    data, D = _data_section(coll, cfg, run_dir, fig)
+    comps = compare_all(S, cfg)
     comp = Section("comparison", "5. CNN versus wavelet")
-    comp.blocks += [Paragraph(cmp.text), cmp.folds, cmp.test]
-
-    # ---------------- Shortcut baseline
-    short_table, short_text = T.shortcut_table(S)
-    short = Section("shortcut", "6. Shortcut baseline")
-    short.blocks += [Paragraph(short_text), short_table]
-
-    # ---------------- Gallery
-    gal = Section("gallery", "7. Classified Test patches")
-    off = S.official
-    if D is not None and off is not None and off.run.test is not None:
-        p = fig("gallery", F.gallery, F.images_by_id(D.test_ids, D.test_images), off.run.test, off.threshold,
-                cfg.report.gallery_size, cfg.report.seed, model_label="CNN (official run)")
-        if p:
-            gal.blocks.append(Figure("gallery.png", p, "Correctly and incorrectly classified Test patches of the "
-                                     "official CNN run with their scores P(cluster)."))
-    if not gal.blocks:
-        gal.blocks.append(Box("No gallery", ["needs the official CNN run and the packed data"]))
-
+    comp.blocks += [Paragraph(conclusion(comps) + " The best wavelet model is chosen by CV AUC, never by Test AUC.")]
+    comp.blocks += comparison_tables(S, comps, cfg)
+    short, shortcut_values = _shortcut_section(S, D, cfg)
+    gal, saliency = _gallery_section(S, D, cfg, fig)
+    sections = [summary, data, _cnn_section(S, cfg, fig), _wavelet_section(S, cfg, fig), comp, short, gal,
+                _reference_section(S, cfg)]
     for f in fig_dir.glob("*.png"):
         if f.name not in produced:
             f.unlink()
-    sections = [summary, data, cnn, wav, comp, short, gal]
     report = Report("Microcalcification clusters: CNN versus wavelet classifiers",
                     f"Run directory '{run_dir.name}': " + ("complete run" if coll.complete
                                                            else "PARTIAL run (see the box below)"),
@@ -251,10 +316,15 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
         "cnn_folds": {"expected": S.expected_folds, "present": sorted(S.cnn_folds)},
         "best_wavelet": S.best_wavelet,
         "best_wavelet_rule": "highest mean cross-validation AUC (never Test AUC)",
-        "paired_test": cmp.paired,
+        "reference_pipeline": S.reference_wavelet,
+        "comparisons": comparison_values(comps),
+        "shortcut": shortcut_values,
+        "saliency": saliency,
         "packed_sha256": packed_sha,
         "data_integrity": D.integrity if D else None,
         "tables": T.table_values(report.tables()),
         "figures": figure_list(report),
     }
-    return report, metrics, coll
+    csv_text = metrics_csv(metrics_rows(S, shortcut_values.get("test_without_overlap"),
+                                        shortcut_values.get("within_source")))
+    return report, metrics, coll, csv_text

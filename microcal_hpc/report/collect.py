@@ -425,7 +425,7 @@ def input_fingerprint(run_dir: str | os.PathLike, packed: str | os.PathLike | No
 
     run = Path(run_dir)
     h = hashlib.sha256()
-    pats = ["config.yaml", "data/packed.h5", "jobs/*.json", "cnn/*/*.json", "cnn/*/predictions.npz",
+    pats = ["config.yaml", "data/packed.h5", "jobs/*.json", "cnn/*/*.json", "cnn/*/predictions.npz", "cnn/*/saliency.npz",
             "wavelet/*/*/*.json", "wavelet/*/*/predictions.npz", "baseline/*/*.json", "baseline/*/predictions.npz"]
     for pat in pats:
         for p in sorted(run.glob(pat)):

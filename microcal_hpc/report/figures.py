@@ -1,9 +1,10 @@
 """The report's figures (matplotlib, Agg backend): one function per figure, each writing a PNG
 atomically and returning its path, or returning None when the run lacks what the figure needs.
 
-Colours are fixed across figures: the CNN is blue, wavelet classifiers orange (feature set 'coeffs')
-or purple ('stats'), the grey-level baseline grey; class 0 (normal) green, class 1 (cluster) red;
-training curves solid, validation curves dashed.
+Colours are fixed across figures: the CNN is blue, wavelet classifiers orange (feature set 'coeffs'),
+purple ('stats') or brown/pink (the other sets), the baselines grey (brightness) and dark grey (grey-level
+statistics with extremes); class 0 (normal) green, class 1 (cluster) red; training curves solid, validation
+curves dashed. ROC figures carry a zoomed inset of their top-left corner.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from microcal_hpc.atomic import atomic_path  # noqa: E402
 from microcal_hpc.report.collect import Predictions  # noqa: E402
-from microcal_hpc.report.tables import CLASSIFIER_NAMES, DataSummary, ModelSummary, Summaries, mean_std  # noqa: E402
+from microcal_hpc.report.data import DataSummary  # noqa: E402
+from microcal_hpc.report.tables import CLASSIFIER_NAMES, ModelSummary, Summaries  # noqa: E402
 
 ARM_COLOURS = {"cnn": "#1f77b4", "wavelet": "#ff7f0e", "baseline": "#7f7f7f"}
-FEATURE_COLOURS = {"coeffs": "#ff7f0e", "stats": "#9467bd"}
+FEATURE_COLOURS = {"coeffs": "#ff7f0e", "stats": "#9467bd", "approx_stats": "#8c564b", "other_levels_stats": "#e377c2"}
+BASELINE_STYLE = {"brightness-rf": ("#7f7f7f", ":"), "greylevel-rf": ("#3f3f3f", "-.")}  # colour, line style
 CLASS_COLOURS = {0: "#2ca02c", 1: "#d62728"}
 CLASS_NAMES = {0: "normal (0)", 1: "cluster (1)"}
 PART_STYLE = {"train": "-", "validation": "--"}
@@ -43,12 +46,12 @@ def _save(fig, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def _wavelet_colour(s: ModelSummary) -> str:
+def wavelet_colour(s: ModelSummary) -> str:
     return FEATURE_COLOURS.get(s.run.feature_set or "", ARM_COLOURS["wavelet"])
 
 
-def _wavelet_label(s: ModelSummary) -> str:
-    return f"{CLASSIFIER_NAMES.get(s.run.model, s.run.model)} ({s.run.feature_set})"
+def baseline_style(name: str) -> tuple[str, str]:
+    return BASELINE_STYLE.get(name, (ARM_COLOURS["baseline"], ":"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,12 +140,30 @@ def roc_single(curves: Sequence[tuple[str, Predictions, str, str]], path: str | 
     curves = [c for c in curves if c[1] is not None and len(np.unique(c[1].labels)) == 2]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6.2, 7.0))
+    fig, ax = plt.subplots(figsize=(6.2, 7.4))
+    zoom = _zoom_axes(ax)
     for label, p, colour, style in curves:
         fpr, tpr, _ = roc_curve(p.labels, p.prob)
-        ax.plot(fpr, tpr, style, color=colour, lw=1.8, label=f"{label} (AUC {roc_auc_score(p.labels, p.prob):.3f})")
+        for a in (ax, zoom):
+            a.plot(fpr, tpr, style, color=colour, lw=1.8 if a is ax else 1.4,
+                   label=f"{label} (AUC {roc_auc_score(p.labels, p.prob):.3f})" if a is ax else None)
     _finish_roc_axes(ax, f"ROC on the official Test set (n = {len(curves[0][1])})")
     return _save(fig, path)
+
+
+ZOOM = (0.0, 0.25, 0.75, 1.0)  # false positive rate 0-0.25, true positive rate 0.75-1: the top-left corner
+
+
+def _zoom_axes(ax):
+    """An inset in the lower right showing the top-left corner of the ROC, where good models differ."""
+    zoom = ax.inset_axes([0.42, 0.06, 0.55, 0.55])
+    zoom.set_xlim(ZOOM[0], ZOOM[1])
+    zoom.set_ylim(ZOOM[2], ZOOM[3])
+    zoom.grid(alpha=0.3)
+    zoom.tick_params(labelsize=7)
+    zoom.set_title("top-left corner", fontsize=8)
+    ax.indicate_inset_zoom(zoom, edgecolor="#555555")
+    return zoom
 
 
 def _finish_roc_axes(ax, title: str) -> None:
@@ -176,21 +197,24 @@ def mean_roc(folds: dict[int, Predictions], grid: np.ndarray) -> tuple[np.ndarra
     return mean, std, aucs
 
 
-def roc_cv(groups: Sequence[tuple[str, dict[int, Predictions], str]], path: str | os.PathLike,
+def roc_cv(groups: Sequence[tuple[str, dict[int, Predictions], str, str]], path: str | os.PathLike,
            expected_folds: int) -> Optional[str]:
-    """Mean cross-validation ROC with a ±1 std band for each model; ``groups``: (label, fold->predictions, colour)."""
+    """Mean cross-validation ROC with a ±1 std band for each model; ``groups``: (label, fold->predictions, colour,
+    line style)."""
     groups = [g for g in groups if g[1]]
     if not groups:
         return None
-    grid = np.linspace(0, 1, 201)
-    fig, ax = plt.subplots(figsize=(6.2, 7.0))
-    for label, folds, colour in groups:
+    grid = np.linspace(0, 1, 401)
+    fig, ax = plt.subplots(figsize=(6.2, 7.6))
+    zoom = _zoom_axes(ax)
+    for label, folds, colour, style in groups:
         mean, std, aucs = mean_roc(folds, grid)
         sd = np.std(aucs, ddof=1) if len(aucs) > 1 else 0.0
-        ax.plot(grid, mean, color=colour, lw=2,
+        ax.plot(grid, mean, style, color=colour, lw=2,
                 label=f"{label}: AUC {np.mean(aucs):.3f} ± {sd:.3f} ({len(aucs)} of {expected_folds or len(aucs)} folds)")
-        ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=colour, alpha=0.18,
+        ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=colour, alpha=0.15,
                         label=f"{label}: ±1 std")
+        zoom.plot(grid, mean, style, color=colour, lw=1.4)  # the inset: means only, the bands would hide them
     _finish_roc_axes(ax, "Mean cross-validation ROC (validation folds)")
     return _save(fig, path)
 
@@ -259,12 +283,19 @@ def patch_grid(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int
     return _save(fig, path)
 
 
+def _short_id(image_id: str) -> str:
+    """A Test id as the gallery shows it: the file name without its extension (``0227u1_3_1_1.pgm_1``)."""
+    return Path(image_id).stem
+
+
 def gallery(images_by_id: dict[str, np.ndarray], test: Predictions, threshold: float, per_row: int, seed: int,
-            path: str | os.PathLike, model_label: str = "CNN") -> Optional[str]:
-    """Correctly and incorrectly classified Test patches with their scores.
+            path: str | os.PathLike, model_label: str = "CNN",
+            saliency: Optional[dict[str, np.ndarray]] = None) -> Optional[str]:
+    """Correctly and incorrectly classified Test patches with their ids and scores, and, when ``saliency``
+    maps are given (id -> H x W), each patch again with its map laid over it.
 
     Rows: correct normal (random), correct cluster (random), false positives and false negatives
-    (the most confident mistakes first).
+    (the most confident mistakes first); a category with no patch is left out, and so is a row's tail.
     """
     if test is None or not images_by_id:
         return None
@@ -278,31 +309,41 @@ def gallery(images_by_id: dict[str, np.ndarray], test: Predictions, threshold: f
 
     fp = np.flatnonzero((pred == 1) & (y == 0))
     fn = np.flatnonzero((pred == 0) & (y == 1))
-    rows = [("Correct: normal", rand((pred == 0) & (y == 0)), CLASS_COLOURS[0]),
-            ("Correct: cluster", rand((pred == 1) & (y == 1)), CLASS_COLOURS[1]),
-            (f"False positives ({len(fp)})", fp[np.argsort(-test.prob[fp])][:per_row], "#000000"),
-            (f"False negatives ({len(fn)})", fn[np.argsort(test.prob[fn])][:per_row], "#000000")]
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.45 * per_row + 1.2, 1.75 * len(rows) + 0.5), squeeze=False)
-    for r, (title, idx, colour) in enumerate(rows):
-        for j in range(per_row):
+    cats = [("Correct: normal", rand((pred == 0) & (y == 0))), ("Correct: cluster", rand((pred == 1) & (y == 1))),
+            (f"False positives ({len(fp)})", fp[np.argsort(-test.prob[fp])][:per_row]),
+            (f"False negatives ({len(fn)})", fn[np.argsort(test.prob[fn])][:per_row])]
+    cats = [(t, [i for i in idx if test.ids[i] in images_by_id]) for t, idx in cats]
+    cats = [(t, idx) for t, idx in cats if idx]
+    if not cats:
+        return None
+    with_maps = saliency is not None
+    rows = [(t, idx, kind) for t, idx in cats for kind in (("patch", "saliency") if with_maps else ("patch",))]
+    ncol = max(len(idx) for _, idx in cats)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.5 * ncol + 1.3, 1.8 * len(rows) + 0.6), squeeze=False)
+    for r, (title, idx, kind) in enumerate(rows):
+        for j in range(ncol):
             ax = axes[r, j]
+            if j >= len(idx):
+                ax.axis("off")
+                continue
+            i = idx[j]
             ax.set_xticks([])
             ax.set_yticks([])
-            if j < len(idx) and test.ids[idx[j]] in images_by_id:
-                i = idx[j]
-                ax.imshow(images_by_id[test.ids[i]], cmap="gray", vmin=0, vmax=255)
-                ax.set_title(f"p = {test.prob[i]:.2f}", fontsize=8)
-                for sp in ax.spines.values():
-                    sp.set_color(CLASS_COLOURS[int(y[i])])
-                    sp.set_linewidth(2.5)
-            else:
-                for sp in ax.spines.values():
-                    sp.set_visible(False)
-                if j == 0:
-                    ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes, color="#777777")
-        axes[r, 0].set_ylabel(title, fontsize=9)
-    fig.suptitle(f"{model_label} on the official Test set: score p = P(cluster), threshold {threshold:g}; "
-                 f"frame colour = true class (green normal, red cluster)", fontsize=10)
+            ax.imshow(images_by_id[test.ids[i]], cmap="gray", vmin=0, vmax=255)
+            smap = saliency.get(test.ids[i]) if with_maps else None
+            if kind == "saliency" and smap is not None:
+                ax.imshow(smap / max(float(smap.max()), 1e-12), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            elif kind == "saliency":
+                ax.text(0.5, 0.5, "no map", ha="center", va="center", transform=ax.transAxes, color="white")
+            if kind == "patch":
+                ax.set_title(f"{_short_id(test.ids[i])}\np = {test.prob[i]:.2f}", fontsize=6.5)
+            for sp in ax.spines.values():
+                sp.set_color(CLASS_COLOURS[int(y[i])])
+                sp.set_linewidth(2.5)
+        axes[r, 0].set_ylabel(title if kind == "patch" else "saliency", fontsize=8.5)
+    fig.suptitle(f"{model_label} on the official Test set: id and score p = P(cluster), threshold {threshold:g}; "
+                 "frame colour = true class (green normal, red cluster)"
+                 + ("; below each row: its saliency map (red = most important)" if with_maps else ""), fontsize=9.5)
     return _save(fig, path)
 
 
@@ -317,7 +358,7 @@ def _once(ax, label: str) -> Optional[str]:
 
 def wavelet_bars(S: Summaries, path: str | os.PathLike) -> Optional[str]:
     """CV AUC (mean ± std, bars) and official-Test AUC (diamonds) of every wavelet classifier, per feature set,
-    with the CNN and the grey-level baseline as reference lines."""
+    with the CNN and the baselines as reference lines; the y-axis spans where the values are."""
     items = [s for s in S.wavelet.values() if "auc" in s.cv]
     if not items:
         return None
@@ -334,26 +375,33 @@ def wavelet_bars(S: Summaries, path: str | os.PathLike) -> Optional[str]:
             xi = x[j] + (i - (len(fsets) - 1) / 2) * w
             ax.bar(xi, s.cv["auc"]["mean"], w * 0.92, yerr=s.cv["auc"]["std"], capsize=3,
                    color=FEATURE_COLOURS.get(fs, ARM_COLOURS["wavelet"]), edgecolor="black" if s.run.name == S.best_wavelet else "none",
-                   lw=1.5, label=_once(ax, f"'{fs}' features: CV AUC mean ± std"))
+                   lw=1.5)
             if s.test:
                 ax.plot(xi, s.test["auc"], "D", color="black", ms=5,
                         label=_once(ax, "official Test AUC"))
-    cv = S.cnn_cv_per_fold()
-    cnn_auc = mean_std(list(cv.values()), ("auc",)).get("auc")  # as in the tables: folds without an AUC left out
+    levels = [s.cv["auc"]["mean"] - s.cv["auc"]["std"] for s in items] + [s.test["auc"] for s in items if s.test]
+    cnn_auc = S.cnn_cv_auc()
     if cnn_auc:
         ax.axhline(cnn_auc["mean"], color=ARM_COLOURS["cnn"], ls="--", lw=1.5,
-                   label=f"CNN CV AUC ({S.folds_label(len(cv))})")
-    for b in S.baseline.values():
+                   label=f"CNN CV AUC ({S.folds_label(cnn_auc['n'])})")
+        levels.append(cnn_auc["mean"])
+    for name, b in S.baseline.items():
         if "auc" in b.cv:
-            ax.axhline(b.cv["auc"]["mean"], color=ARM_COLOURS["baseline"], ls=":", lw=1.8,
-                       label="grey-level shortcut baseline CV AUC")
+            colour, style = baseline_style(name)
+            ax.axhline(b.cv["auc"]["mean"], color=colour, ls=style, lw=1.8, label=f"{name} baseline CV AUC")
+            levels.append(b.cv["auc"]["mean"])
+    bottom = max(0.0, np.floor((min(levels) - 0.03) * 20) / 20)  # a multiple of 0.05 below every value shown
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=FEATURE_COLOURS.get(fs, ARM_COLOURS["wavelet"]), label=f"'{fs}' features: CV AUC mean ± std")
+               for fs in fsets] + [Patch(facecolor="white", edgecolor="black", lw=1.5, label="best by CV AUC")]
+    handles += ax.get_legend_handles_labels()[0]
     ax.set_xticks(x, [CLASSIFIER_NAMES.get(m, m) for m in models], rotation=20, ha="right")
-    lows = [s.cv["auc"]["mean"] - s.cv["auc"]["std"] for s in items] + [s.test["auc"] for s in items if s.test]
-    ax.set_ylim(0.5 if min(lows) >= 0.55 else 0.0, 1.0)
-    ax.set_ylabel("AUC" + (" (axis starts at chance, 0.5)" if min(lows) >= 0.55 else ""))
-    ax.set_title("Wavelet classifiers: cross-validation and official-Test AUC")
+    ax.set_ylim(bottom, 1.0)
+    ax.set_ylabel(f"AUC (axis from {bottom:.2f})")
+    ax.set_title("Wavelet classifiers: cross-validation and official-Test AUC (black frame: best by CV AUC)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
 
 

@@ -95,11 +95,8 @@ def fmt(value: Any, key: str = "") -> str:
     return str(value)
 
 
-def _row_value(table: Table, row: dict[str, Any], key: str) -> str:
-    v = row.get(key)
-    if table.key == "comparison_test" and row.get("model", "").startswith("Difference") and key in ("auc", "auc_ci"):
-        return fmt(v, "diff")
-    return fmt(v, key)
+def _row_value(row: dict[str, Any], key: str) -> str:
+    return fmt(row.get(key), key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +180,7 @@ def table_html(t: Table) -> str:
             "summary" if isinstance(row.get("fold"), str) else ""
         cells = []
         for c in t.columns:
-            v = _row_value(t, row, c.key)
+            v = _row_value(row, c.key)
             cls_td = "" if c.key in numeric else ' class="text long"' if len(v) > 30 else ' class="text"'
             cells.append(f"<td{cls_td}>{_esc(v)}</td>")
         out.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>" if cls else "<tr>" + "".join(cells) + "</tr>")
@@ -246,7 +243,10 @@ def table_markdown(t: Table) -> str:
              "| " + " | ".join(_md_cell(h) for h in heads) + " |",
              "|" + "|".join("---:" if c.key in numeric else "---" for c in t.columns) + "|"]
     for row in t.rows:
-        lines.append("| " + " | ".join(_md_cell(_row_value(t, row, c.key)) for c in t.columns) + " |")
+        cells = [_md_cell(_row_value(row, c.key)) for c in t.columns]
+        if row.get("best"):  # as in the HTML: the best row in bold
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
     if not t.rows:
         lines.append("| no data in this run |" + " |" * (len(heads) - 1))
     if t.note:

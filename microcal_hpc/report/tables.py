@@ -14,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from microcal_hpc import metrics as M
+from microcal_hpc.baseline import BASELINES
 from microcal_hpc.config import Config
 from microcal_hpc.launcher.plan import STAGES
 from microcal_hpc.report.collect import ACTIVE_STATES, ModelRun, Predictions, RunCollection
@@ -128,42 +129,50 @@ def summarise_model(run: ModelRun, label: str) -> ModelSummary:
 
 
 class BootstrapGroups:
-    """The groups the Test bootstrap resamples, as the jobs use them: ``splits.split_groups`` of the
-    packed Test split (the grouping merged with pixel-identical images); without the packed file,
-    the ``test_groups`` stored in predictions.npz."""
+    """The groups a bootstrap resamples, as the jobs use them: ``splits.split_groups`` of the packed
+    Test (or Train) split (the grouping merged with pixel-identical images); without the packed file,
+    the groups stored in predictions.npz."""
 
     def __init__(self, packed: Optional[Any]):
         self.packed = packed
-        self._maps: dict[str, dict[str, int]] = {}
+        self._maps: dict[tuple[str, str], dict[str, int]] = {}
 
-    def _map(self, group_by: str) -> dict[str, int]:
-        if group_by not in self._maps:
+    def _map(self, group_by: str, split: str) -> dict[str, int]:
+        if (group_by, split) not in self._maps:
             from microcal_hpc.dataset import load_split
             from microcal_hpc.splits import split_groups
 
-            te = load_split(self.packed, "test", images=False)
-            self._maps[group_by] = dict(zip(te.ids.tolist(), split_groups(te, group_by).tolist()))
-        return self._maps[group_by]
+            s = load_split(self.packed, split, images=False)
+            self._maps[group_by, split] = dict(zip(s.ids.tolist(), split_groups(s, group_by).tolist()))
+        return self._maps[group_by, split]
 
-    def of(self, pred: Predictions, group_by: str) -> np.ndarray:
+    def of(self, pred: Predictions, group_by: str, split: str = "test") -> np.ndarray:
         if self.packed is not None and group_by in ("group", "case", "none"):
-            m = self._map(group_by)
+            m = self._map(group_by, split)
             if all(i in m for i in pred.ids.tolist()):
                 return np.array([m[i] for i in pred.ids.tolist()])
         return pred.groups
 
 
+def group_by_of(run: ModelRun, cfg: Config) -> str:
+    """The grouping a job used for its folds and its Test bootstrap (its metrics.json, else the config's)."""
+    return str(run.metrics.get("group_by") or cfg.train.group_by)
+
+
 def add_test_ci(s: ModelSummary, cfg: Config, groups: BootstrapGroups) -> None:
-    """Group-bootstrap 95% CI of the Test AUC (resampling source-image groups)."""
+    """Group-bootstrap 95% CI of the Test AUC (resampling the job's groups: cases by default)."""
     if s.test is None or s.auc_ci is not None or math.isnan(s.test["auc"]):
         return
     t = s.run.test
-    g = groups.of(t, str(s.run.metrics.get("group_by") or cfg.train.group_by))
+    g = groups.of(t, group_by_of(s.run, cfg))
     lo, hi = M.bootstrap_auc_ci(t.labels, t.prob, groups=g, n_boot=cfg.report.bootstrap, seed=cfg.report.seed)
     s.auc_ci = [lo, hi]
 
 
-CI_METHOD = "percentile 95% CI, group bootstrap (source images, pixel-identical images merged)"
+def ci_method(cfg: Config, images: str = "Test") -> str:
+    """How the report's AUC CIs are computed (``images``: Test or Train)."""
+    return (f"percentile 95% CI, group bootstrap of the {images} images ({cfg.report.bootstrap} resamples of the "
+            f"'{cfg.train.group_by}' groups, pixel-identical images merged)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,6 +190,8 @@ class Summaries:
     expected_folds: int
     groups: BootstrapGroups
     best_wavelet: Optional[str] = None  # key of the wavelet classifier with the highest CV mean AUC
+    reference_wavelet: Optional[str] = None  # REFERENCE_PIPELINE when the run has it
+    ensemble: Optional[ModelSummary] = None  # mean P of the fold models on Test
 
     @property
     def official(self) -> Optional[ModelSummary]:
@@ -188,6 +199,18 @@ class Summaries:
 
     def cnn_cv_per_fold(self) -> dict[int, dict[str, Any]]:
         return {k: s.holdout for k, s in self.cnn_folds.items() if s.holdout is not None}
+
+    def cnn_cv_auc(self) -> Optional[dict[str, float]]:
+        """Mean ± std of the CNN fold models' validation AUC (folds without an AUC left out)."""
+        return mean_std(list(self.cnn_cv_per_fold().values()), ("auc",)).get("auc")
+
+    def cnn_oof(self) -> Optional[Predictions]:
+        """The CNN's out-of-fold predictions on Train: every fold model's validation fold, fold in ``fold``."""
+        parts = {k: s.run.val for k, s in self.cnn_folds.items() if s.run.val is not None and len(s.run.val)}
+        if not parts:
+            return None
+        cat = {f: np.concatenate([getattr(p, f) for p in parts.values()]) for f in ("ids", "labels", "prob", "groups")}
+        return Predictions(**cat, fold=np.concatenate([np.full(len(p), k) for k, p in parts.items()]))
 
     def folds_label(self, n: int) -> str:
         k = self.expected_folds or n
@@ -198,6 +221,34 @@ def augment_label(name: str) -> str:
     return f"CNN + augmentation ({name.split('-', 1)[1]})"
 
 
+def fold_ensemble(folds: dict[int, ModelSummary], expected: int) -> Optional[ModelSummary]:
+    """The fold models as one model on Test: the mean P(cluster) of the fold models for each Test image.
+
+    None with fewer than two fold models or when they scored different Test images.
+    """
+    runs = [s.run for s in folds.values() if s.run.test is not None and len(s.run.test)]
+    if len(runs) < 2:
+        return None
+    first = runs[0].test
+    order = first.ids.tolist()
+    probs = []
+    for r in runs:
+        pos = {i: k for k, i in enumerate(r.test.ids.tolist())}
+        if set(pos) != set(order):
+            return None
+        probs.append(r.test.prob[[pos[i] for i in order]])
+    test = Predictions(first.ids, first.labels, np.mean(probs, axis=0), first.groups)
+    metrics = {"arm": "cnn", "model": "cnn", "run": "ensemble", "group_by": runs[0].metrics.get("group_by"),
+               "folds_used": sorted(int(r.fold) for r in runs if r.fold is not None)}
+    run = ModelRun(arm="cnn", name="ensemble", path=runs[0].path.parent, metrics=metrics, test=test)
+    n = f"{len(runs)} fold models" if len(runs) == expected else f"{len(runs)} of {expected} fold models"
+    return summarise_model(run, f"CNN ensemble (mean P of {n})")
+
+
+# The reference study's own wavelet pipeline: a random forest on the detail coefficients.
+REFERENCE_PIPELINE = "coeffs/rf"
+
+
 def summarise_run(coll: RunCollection, cfg: Config) -> Summaries:
     """Recompute every model's metrics from its predictions; pick the best wavelet classifier by CV AUC."""
     single = []
@@ -206,28 +257,60 @@ def summarise_run(coll: RunCollection, cfg: Config) -> Summaries:
     for name in sorted(n for n in coll.cnn if n.startswith("augment-")):
         single.append(summarise_model(coll.cnn[name], augment_label(name)))
     folds = {k: summarise_model(r, f"CNN fold {k}") for k, r in coll.cnn_folds().items()}
-    wav = {k: summarise_model(r, k) for k, r in sorted(coll.wavelet.items())}
-    base = {k: summarise_model(r, k) for k, r in sorted(coll.baseline.items())}
+    wav = {k: summarise_model(r, wavelet_label(r)) for k, r in sorted(coll.wavelet.items())}
+    base = {k: summarise_model(r, f"{BASELINES[k].label} ({k})" if k in BASELINES else k)
+            for k, r in sorted(coll.baseline.items())}
     expected = coll.expected_folds() or int(cfg.campaign.cv_folds)
     s = Summaries(single, folds, wav, base, expected, BootstrapGroups(coll.packed))
     cv_auc = {k: w.cv["auc"]["mean"] for k, w in wav.items() if "auc" in w.cv}
     if cv_auc:
         s.best_wavelet = max(cv_auc, key=lambda k: (cv_auc[k], k))
-    for m in single:
-        add_test_ci(m, cfg, s.groups)
-    if s.best_wavelet:
-        add_test_ci(wav[s.best_wavelet], cfg, s.groups)
-    for b in base.values():
-        add_test_ci(b, cfg, s.groups)
+    s.reference_wavelet = REFERENCE_PIPELINE if REFERENCE_PIPELINE in wav else None
+    s.ensemble = fold_ensemble(folds, expected)
+    for m in single + [s.ensemble] + [wav[k] for k in {s.best_wavelet, s.reference_wavelet} if k] + list(base.values()):
+        if m is not None:
+            add_test_ci(m, cfg, s.groups)
     return s
+
+
+@dataclass
+class KeyModel:
+    """A model the CNN-versus-wavelet and shortcut analyses compare: its Test summary and out-of-fold predictions."""
+
+    key: str  # cnn | cnn-ensemble | wavelet:<fs>/<clf> | baseline:<name>
+    label: str
+    summary: Optional[ModelSummary]  # Test metrics and CI (None: not scored on Test)
+    oof: Optional[Predictions]  # out-of-fold predictions on Train (None: no CV)
+    cv_auc: Optional[dict[str, float]]  # mean ± std over folds
+
+
+def wavelet_label(run: ModelRun) -> str:
+    return f"{CLASSIFIER_NAMES.get(run.model, run.model)} on '{run.feature_set}'"
+
+
+def key_models(S: Summaries) -> list[KeyModel]:
+    """CNN, CNN ensemble, the reference pipeline, the best wavelet model by CV AUC, and every baseline."""
+    out = [KeyModel("cnn", "CNN", S.official, S.cnn_oof(), S.cnn_cv_auc())]
+    if S.ensemble is not None:
+        out.append(KeyModel("cnn-ensemble", S.ensemble.label, S.ensemble, None, None))
+    for key, role in ((S.reference_wavelet, "Reference pipeline"), (S.best_wavelet, "Best wavelet by CV AUC")):
+        if key and not any(m.key == f"wavelet:{key}" for m in out):
+            w = S.wavelet[key]
+            same = key == S.reference_wavelet == S.best_wavelet
+            label = f"{'Reference pipeline = best wavelet by CV AUC' if same else role}: {wavelet_label(w.run)}"
+            out.append(KeyModel(f"wavelet:{key}", label, w, w.run.val, w.cv.get("auc")))
+    for name, b in S.baseline.items():
+        out.append(KeyModel(f"baseline:{name}", b.label, b, b.run.val, b.cv.get("auc")))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # CNN tables (the study's format)
 
 
-def cnn_study_table(S: Summaries) -> Table:
-    """Precision/recall/F1 per class, accuracy and AUC: CNN, CNN + augmentation, CNN cross-validation."""
+def cnn_study_table(S: Summaries, cfg: Config) -> Table:
+    """Precision/recall/F1 per class, accuracy and AUC: CNN, CNN + augmentation, the fold models' ensemble
+    on Test, CNN cross-validation."""
     cols = [Column("model", "Model"), Column("evaluated_on", "Evaluated on")]
     for c, name in (("0", "Class 0 (normal)"), ("1", "Class 1 (cluster)")):
         cols += [Column(f"precision_{c}", "Precision", name), Column(f"recall_{c}", "Recall", name),
@@ -235,14 +318,16 @@ def cnn_study_table(S: Summaries) -> Table:
     cols += [Column("accuracy", "Accuracy"), Column("auc", "AUC"), Column("auc_ci", "AUC 95% CI"),
              Column("n", "n images")]
     rows = []
-    for s in S.cnn_single:
+    for s in S.cnn_single + ([S.ensemble] if S.ensemble else []):
         if s.test is None:
             continue
-        row = {"model": s.label, "evaluated_on": "official Test, 1 run"}
+        ensemble = s is S.ensemble
+        row = {"model": s.label, "evaluated_on": "official Test, mean P of the fold models" if ensemble
+               else "official Test, 1 run"}
         row.update({k: s.test[k] for k in ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1",
                                           "accuracy", "auc", "n")})
         row["auc_ci"] = s.auc_ci
-        row["runs"] = "1 run"
+        row["runs"] = f"{len(s.run.metrics['folds_used'])} fold models" if ensemble else "1 run"
         rows.append(row)
     per_fold = S.cnn_cv_per_fold()
     if per_fold:
@@ -259,8 +344,8 @@ def cnn_study_table(S: Summaries) -> Table:
     basis = (f"single runs: official Test set (n = {test_n} images), threshold 0.5; "
              if test_n else "") + (f"cross-validation: {S.folds_label(len(per_fold))}, each fold's own validation images"
                                    if per_fold else "no cross-validation folds available")
-    note = (f"AUC from predicted probabilities; 95% CI: {CI_METHOD} over the Test set's groups. "
-            "Precision, recall and F1 per class at threshold 0.5.")
+    note = (f"AUC from predicted probabilities; 95% CI: {ci_method(cfg)}. Precision, recall and F1 per class at "
+            "threshold 0.5. The ensemble averages the fold models' probabilities per Test image (no extra training).")
     return Table("cnn_study", "CNN: per-class precision, recall, F1, accuracy and AUC", basis, cols, rows, note)
 
 
@@ -319,8 +404,9 @@ def cnn_loss_table(S: Summaries) -> Table:
         rows.append(row)
     basis = ("train values: the last epoch's running mean reported by Keras (history.json); validation and Test: "
              "binary cross-entropy and accuracy recomputed from the stored probabilities (threshold 0.5)")
-    note = ("Validation: the hold-out part of Train for single runs, the held-out fold for fold models; "
-            "CV row: mean ± std over the fold models (each fold model also scored on the official Test set).")
+    note = ("Validation: the held-out fold for fold models; single runs trained on all of Train have none (—), "
+            "runs that kept a hold-out part of Train show it. CV row: mean ± std over the fold models (each fold "
+            "model also scored on the official Test set).")
     return Table("cnn_loss", "CNN: loss and accuracy on train, validation and Test", basis, cols, rows, note)
 
 
@@ -329,8 +415,7 @@ def cnn_loss_table(S: Summaries) -> Table:
 
 
 CLASSIFIER_NAMES = {"rf": "Random forest", "svm": "SVM", "lr": "Logistic regression", "knn": "k-nearest neighbours",
-                    "nb": "Naive Bayes", "dt": "Decision tree", "mlp": "MLP", "hgb": "Gradient boosting (HGB)",
-                    "greylevel-rf": "Random forest on 12 grey-level statistics"}
+                    "nb": "Naive Bayes", "dt": "Decision tree", "mlp": "MLP", "hgb": "Gradient boosting (HGB)"}
 
 
 def wavelet_tables(S: Summaries) -> list[Table]:
@@ -364,162 +449,6 @@ def wavelet_tables(S: Summaries) -> list[Table]:
                 f"used ({thresholds})." + (f" Scores: {'; '.join(kinds)}." if kinds else ""))
         tables.append(Table(f"wavelet_{fs}", f"Wavelet features '{fs}': scikit-learn classifiers", basis, cols, rows, note))
     return tables
-
-
-# ----------------------------------------------------------------------------------------------
-# CNN versus wavelet, and the shortcut baseline
-
-
-@dataclass
-class Comparison:
-    """Best CNN versus best wavelet classifier: per-fold CV AUCs and the paired Test bootstrap."""
-
-    folds: Table
-    test: Table
-    text: str
-    paired: Optional[dict[str, Any]] = None
-
-
-def _same_images(a: Predictions, b: Predictions) -> bool:
-    return set(a.ids.tolist()) == set(b.ids.tolist())
-
-
-def _aligned(a: Predictions, b: Predictions) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """(labels, score_a, score_b, groups) of the images both predictions hold, in a's order."""
-    pos = {i: k for k, i in enumerate(b.ids.tolist())}
-    keep = np.array([i in pos for i in a.ids.tolist()])
-    if not keep.any():
-        return None
-    idx_b = np.array([pos[i] for i in a.ids[keep].tolist()])
-    if not np.array_equal(a.labels[keep], b.labels[idx_b]):
-        return None
-    return a.labels[keep], a.prob[keep], b.prob[idx_b], a.groups[keep]
-
-
-def comparison(S: Summaries, cfg: Config) -> Comparison:
-    """CNN (cross-validated configuration, official run on Test) versus the best wavelet classifier by CV AUC."""
-    wkey = S.best_wavelet
-    w = S.wavelet.get(wkey) if wkey else None
-    wname = f"{CLASSIFIER_NAMES.get(w.run.model, w.run.model)} on '{w.run.feature_set}'" if w else "n/a"
-    fcols = [Column("fold", "Fold"), Column("cnn_auc", "CNN AUC"), Column("wavelet_auc", f"Wavelet AUC ({wname})"),
-             Column("diff", "Difference (CNN − wavelet)"), Column("n", "n images"), Column("same_images", "Same images")]
-    frows = []
-    for k, s in S.cnn_folds.items():
-        if s.holdout is None:
-            continue
-        row: dict[str, Any] = {"fold": k, "cnn_auc": s.holdout["auc"], "n": s.holdout["n"]}
-        if w is not None and k in w.cv_per_fold:
-            row["wavelet_auc"] = w.cv_per_fold[k]["auc"]
-            row["diff"] = row["cnn_auc"] - row["wavelet_auc"]
-            row["same_images"] = "yes" if _same_images(s.run.val, w.cv_preds[k]) else "NO"
-        else:
-            row.update(wavelet_auc=None, diff=None, same_images="n/a")
-        frows.append(row)
-    if frows:
-        diffs = [r for r in frows if r["diff"] is not None]
-        ms = M.summarize([{"cnn_auc": r["cnn_auc"]} for r in frows], ("cnn_auc",))
-        msw = M.summarize([{"wavelet_auc": r["wavelet_auc"]} for r in diffs], ("wavelet_auc",))
-        msd = M.summarize([{"diff": r["diff"]} for r in diffs], ("diff",))
-        frows.append({"fold": "mean ± std", "cnn_auc": ms.get("cnn_auc"), "wavelet_auc": msw.get("wavelet_auc"),
-                      "diff": msd.get("diff"), "n": int(sum(r["n"] for r in frows)),
-                      "same_images": "all" if all(r["same_images"] == "yes" for r in frows) else "NOT all"})
-    n_cnn = len([r for r in frows if isinstance(r["fold"], int)])
-    fbasis = (f"CNN: {S.folds_label(n_cnn)} (fold-k job's validation images); wavelet: the same fold k of its "
-              "out-of-fold predictions; 'Same images' checks the image ids of both")
-    folds = Table("comparison_folds", "CNN versus best wavelet classifier: cross-validation AUC per fold", fbasis,
-                  fcols, frows, "Both arms build folds with microcal_hpc.splits.cv_folds (same labels, grouping and seed).")
-
-    tcols = [Column("model", "Model"), Column("auc", "Test AUC"), Column("auc_ci", "AUC 95% CI"),
-             Column("cv_auc", "CV AUC (mean ± std)"), Column("n", "n images")]
-    trows: list[dict[str, Any]] = []
-    paired = None
-    off = S.official
-    if off and off.test:
-        cv = mean_std(list(S.cnn_cv_per_fold().values()), ("auc",)).get("auc") if S.cnn_folds else None
-        trows.append({"model": "CNN (official run)", "auc": off.test["auc"], "auc_ci": off.auc_ci, "cv_auc": cv,
-                      "n": off.test["n"]})
-    if w and w.test:
-        trows.append({"model": f"Wavelet: {wname}", "auc": w.test["auc"], "auc_ci": w.auc_ci,
-                      "cv_auc": w.cv.get("auc"), "n": w.test["n"]})
-    if off and off.test and w and w.test:
-        al = _aligned(off.run.test, w.run.test)
-        if al is not None:
-            y, a, b, g = al
-            g = S.groups.of(off.run.test, str(off.run.metrics.get("group_by") or cfg.train.group_by)) \
-                if len(y) == len(off.run.test) else g
-            paired = M.paired_bootstrap_auc(y, a, b, groups=g, n_boot=cfg.report.bootstrap, seed=cfg.report.seed)
-            paired["n"] = int(len(y))
-            paired["method"] = ("paired group bootstrap of the AUC difference (source-image groups, pixel-identical "
-                                "images merged, resampled; both models scored on the same resampled images); "
-                                "two-sided bootstrap p-value")
-            trows.append({"model": "Difference (CNN − wavelet)", "auc": paired["diff"],
-                          "auc_ci": [paired["ci_low"], paired["ci_high"]], "cv_auc": None, "n": paired["n"],
-                          "p_value": paired["p_value"], "n_boot": paired["n_boot"]})
-            tcols.append(Column("p_value", "p (paired bootstrap)"))
-    tbasis = "official Test set" + (f", n = {trows[0]['n']} images, 1 run per model" if trows else "")
-    test = Table("comparison_test", "CNN versus best wavelet classifier on the official Test set", tbasis, tcols, trows,
-                 f"CIs: {CI_METHOD}, {cfg.report.bootstrap} resamples.")
-    text = ("“Best” is chosen by cross-validation AUC, never by Test AUC: the CNN side is the cross-validated "
-            "configuration (no augmentation), represented on Test by its official run; the wavelet side is the "
-            f"classifier/feature set with the highest mean CV AUC ({wname}). ")
-    if paired:
-        pv = "p < 0.001" if paired["p_value"] < 0.001 else f"p = {paired['p_value']:.3f}"
-        text += (f"On the {paired['n']} Test images the CNN's AUC minus the wavelet classifier's is "
-                 f"{paired['diff']:+.3f} (95% CI {paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}, two-sided "
-                 f"{pv}; test: paired group bootstrap of the AUC difference, "
-                 f"{paired['n_boot']} resamples of source-image groups).")
-    else:
-        text += "The paired Test comparison needs both the official CNN run and a wavelet classifier; one is missing."
-    return Comparison(folds, test, text, paired)
-
-
-def shortcut_table(S: Summaries) -> tuple[Table, str]:
-    """The grey-level baseline cross-validated like the real models, next to the best CNN and wavelet model."""
-    cols = [Column("model", "Model"), Column("cv_auc", "CV AUC (mean ± std)"), Column("folds", "Folds"),
-            Column("test_auc", "Test AUC"), Column("test_auc_ci", "Test AUC 95% CI"),
-            Column("test_accuracy", "Test accuracy"), Column("n", "n Test images")]
-    rows = []
-    for key, b in S.baseline.items():
-        rows.append({"model": f"Shortcut baseline: {CLASSIFIER_NAMES.get(b.run.model, key)}", "key": key,
-                     "cv_auc": b.cv.get("auc"), "folds": S.folds_label(len(b.cv_per_fold)) if b.cv_per_fold else "none",
-                     "test_auc": b.test["auc"] if b.test else None, "test_auc_ci": b.auc_ci,
-                     "test_accuracy": b.test["accuracy"] if b.test else None, "n": b.test["n"] if b.test else None})
-    off = S.official
-    if off and off.test:
-        cv = S.cnn_cv_per_fold()
-        rows.append({"model": "CNN", "key": "cnn", "cv_auc": mean_std(list(cv.values()), ("auc",)).get("auc") if cv else None,
-                     "folds": S.folds_label(len(cv)) if cv else "none", "test_auc": off.test["auc"],
-                     "test_auc_ci": off.auc_ci, "test_accuracy": off.test["accuracy"], "n": off.test["n"]})
-    if S.best_wavelet:
-        w = S.wavelet[S.best_wavelet]
-        rows.append({"model": f"Best wavelet: {CLASSIFIER_NAMES.get(w.run.model, w.run.model)} on '{w.run.feature_set}'",
-                     "key": S.best_wavelet, "cv_auc": w.cv.get("auc"), "folds": S.folds_label(len(w.cv_per_fold)),
-                     "test_auc": w.test["auc"] if w.test else None, "test_auc_ci": w.auc_ci,
-                     "test_accuracy": w.test["accuracy"] if w.test else None, "n": w.test["n"] if w.test else None})
-    table = Table("shortcut", "Shortcut baseline next to the real models", "CV: out-of-fold predictions on Train with "
-                  "the same folds as the models; Test: official Test set, 1 run per model", cols, rows,
-                  f"CIs: {CI_METHOD}.")
-    base = rows[0] if rows and rows[0]["key"] in S.baseline else None
-    real = [r for r in rows if r["key"] not in S.baseline and r["test_auc"] is not None]
-    if base and base["test_auc"] is not None:
-        text = (f"A random forest that sees only 12 global grey-level statistics of each patch (no spatial detail, so it "
-                f"cannot locate microcalcifications) reaches an official-Test AUC of {base['test_auc']:.3f}"
-                + (f" and a CV AUC of {base['cv_auc']['mean']:.3f}" if base.get("cv_auc") else "") + ". ")
-        best = max(real, key=lambda r: r["test_auc"]) if real else None
-        if best and best["test_auc"] > 0.5:
-            share = max(0.0, (base["test_auc"] - 0.5) / (best["test_auc"] - 0.5))
-            text += (f"That is {100 * share:.0f}% of the above-chance Test AUC of the best real model "
-                     f"({best['model']}, {best['test_auc']:.3f}; share = (AUC_baseline − 0.5) / (AUC_model − 0.5)). ")
-            if share >= 0.5:
-                text += ("A trivial intensity cue (for example acquisition differences between the sources of normal "
-                         "and cluster patches) therefore explains much of the AUC on this data: the models' margin over "
-                         "this baseline, not their absolute AUC, is what can be credited to microcalcification detection.")
-            else:
-                text += ("Here such a trivial cue explains only a small part of the models' AUC.")
-    else:
-        text = ("The grey-level shortcut baseline is missing from this run, so the share of the AUC a trivial cue "
-                "explains is unknown.")
-    return table, text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,126 +488,6 @@ def model_output_table(coll: RunCollection) -> Table:
         bad += [m.split("/", 1)[1].split(":")[0] for m in coll.incomplete if m.startswith(arm + "/")]
         rows.append({"arm": arm, "found": len(found), "expected": len(exp), "missing": ", ".join(bad) or "none"})
     return Table("outputs", "Model outputs", "expected: from the run's config", cols, rows)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data tables
-
-
-@dataclass
-class DataSummary:
-    """What the data section shows: tables plus what the figures need."""
-
-    tables: list[Table]
-    counts: dict[str, dict[str, int]]  # split -> label -> n
-    integrity: dict[str, Any]
-    train_images: Optional[np.ndarray] = None
-    train_labels: Optional[np.ndarray] = None
-    test_images: Optional[np.ndarray] = None
-    test_ids: Optional[np.ndarray] = None
-    mean_grey: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> label -> mean grey per image
-
-
-def _code_after_case(groups: np.ndarray, cases: np.ndarray) -> list[str]:
-    out = []
-    for g, c in zip(groups, cases):
-        rest = g[len(c):] if g.startswith(c) and g != c else ""
-        out.append(rest[0] if rest else "—")
-    return out
-
-
-def data_summary(packed_path, cfg: Config) -> DataSummary:
-    """Partition, fold grouping and integrity tables of the packed data."""
-    from microcal_hpc.dataset import load_split
-    from microcal_hpc.splits import fold_of_each, split_groups
-
-    tr, te = load_split(packed_path, "train"), load_split(packed_path, "test")
-    counts = {s.name: {"0": int((s.labels == 0).sum()), "1": int((s.labels == 1).sum())} for s in (tr, te)}
-    prow = []
-    for s, name in ((tr, "Train"), (te, "Test")):
-        prow.append({"split": name, "n0": counts[s.name]["0"], "n1": counts[s.name]["1"], "total": len(s),
-                     "groups": int(len(np.unique(s.groups))), "cases": int(len(np.unique(s.cases)))})
-    prow.append({"split": "Total", "n0": sum(r["n0"] for r in prow), "n1": sum(r["n1"] for r in prow),
-                 "total": sum(r["total"] for r in prow), "groups": int(len(np.unique(np.r_[tr.groups, te.groups]))),
-                 "cases": int(len(np.unique(np.r_[tr.cases, te.cases])))})
-    partition = Table("partition", "Data partition", f"{len(tr) + len(te)} patches of {tr.images.shape[1]}×"
-                      f"{tr.images.shape[2]} pixels in {packed_path}",
-                      [Column("split", "Split"), Column("n0", "Label 0 (normal)"), Column("n1", "Label 1 (cluster)"),
-                       Column("total", "Total"), Column("groups", "Source images (groups)"), Column("cases", "Cases")],
-                      prow)
-
-    t = cfg.train
-    n_folds = cfg.campaign.cv_folds or t.folds  # the launcher gives CNN fold jobs train.folds = campaign.cv_folds
-    gid = split_groups(tr, t.group_by)
-    fold = fold_of_each(tr.labels, gid, n_folds, t.seed)
-    frows = []
-    for k in range(n_folds):
-        m = fold == k
-        frows.append({"fold": k, "n0": int((tr.labels[m] == 0).sum()), "n1": int((tr.labels[m] == 1).sum()),
-                      "total": int(m.sum()), "groups": int(len(np.unique(gid[m])))})
-    c = cfg.classify
-    same = (c.folds, c.group_by, c.seed) == (n_folds, t.group_by, t.seed)
-    fnote = (f"microcal_hpc.splits.cv_folds (stratified, group-aware) on Train. CNN: {n_folds} folds, grouping "
-             f"'{t.group_by}' merged with pixel-identical images, seed {t.seed}. Wavelet classifiers and baseline: "
-             f"{c.folds} folds, grouping '{c.group_by}', seed {c.seed} — "
-             + ("the same folds." if same else "DIFFERENT settings: fold k is not the same images in both arms."))
-    folds = Table("folds", "Cross-validation folds (fold grouping used)", f"{len(tr)} Train patches",
-                  [Column("fold", "Fold"), Column("n0", "Label 0"), Column("n1", "Label 1"), Column("total", "Total"),
-                   Column("groups", "Groups (after merging duplicates)")], frows, fnote)
-
-    shared_groups = sorted(set(tr.groups.tolist()) & set(te.groups.tolist()))
-    shared_cases = sorted(set(tr.cases.tolist()) & set(te.cases.tolist()))
-    tr_hash = {}
-    for i, h in enumerate(tr.pixel_hash.tolist()):
-        tr_hash.setdefault(h, []).append(i)
-    cross = [(tr.ids[j], te.ids[i], int(tr.labels[j]), int(te.labels[i]))
-             for i, h in enumerate(te.pixel_hash.tolist()) for j in tr_hash.get(h, [])]
-    within = {}
-    for s in (tr, te):
-        _, inv, cnt = np.unique(s.pixel_hash, return_inverse=True, return_counts=True)
-        within[s.name] = int(sum(c * (c - 1) // 2 for c in cnt if c > 1))
-    conflicts = sum(1 for a in cross if a[2] != a[3])
-    test_dup = len({b for _, b, _, _ in cross})
-    integrity = {"shared_groups": shared_groups, "shared_cases": shared_cases,
-                 "cross_split_identical_pairs": [[a, b] for a, b, _, _ in cross],
-                 "test_images_identical_to_train": test_dup, "identical_pairs_within": within,
-                 "label_conflicts": conflicts, "fold_settings_equal": same}
-    irows = [
-        {"check": "Source images (groups) in both Train and Test", "count": len(shared_groups),
-         "examples": ", ".join(shared_groups[:5])},
-        {"check": "Cases in both Train and Test", "count": len(shared_cases), "examples": ", ".join(shared_cases[:8])},
-        {"check": "Pixel-identical pairs across Train and Test", "count": len(cross),
-         "examples": "; ".join(f"{b} = {a}" for a, b, _, _ in cross[:3])},
-        {"check": "Test patches with a pixel-identical Train patch", "count": test_dup,
-         "examples": f"{100 * test_dup / max(len(te), 1):.1f}% of Test"},
-        {"check": "Pixel-identical pairs within Train", "count": within["train"], "examples": "merged into one CV group"},
-        {"check": "Pixel-identical pairs within Test", "count": within["test"], "examples": ""},
-        {"check": "Identical pixels with conflicting labels (across splits)", "count": conflicts, "examples": ""},
-    ]
-    integ = Table("integrity", "Data integrity", "pixel identity from the sha256 of the decoded pixels (pixel_hash)",
-                  [Column("check", "Check"), Column("count", "Count"), Column("examples", "Examples")], irows,
-                  "Test patches identical to Train patches, or from the same source image or case, make the official "
-                  "Test AUC optimistic; cross-validation folds never split such images.")
-
-    codes_tr, codes_te = _code_after_case(tr.groups, tr.cases), _code_after_case(te.groups, te.cases)
-    letters = sorted(set(codes_tr) | set(codes_te))
-    crows = []
-    for s, codes, name in ((tr, codes_tr, "Train"), (te, codes_te, "Test")):
-        for lab in (0, 1):
-            sel = [c for c, l in zip(codes, s.labels) if l == lab]
-            row = {"part": f"{name}, label {lab}", "patches": len(sel)}
-            row.update({f"code_{L}": sel.count(L) for L in letters})
-            crows.append(row)
-    code_table = Table("acquisition_codes", "Character after the case id in the file name, by split and label",
-                       "every patch; a code that separates the labels is a potential shortcut",
-                       [Column("part", "Split, label"), Column("patches", "Patches")]
-                       + [Column(f"code_{L}", f"“{L}”", "Patches with this character after the case id")
-                          for L in letters],
-                       crows)
-    mean_grey = {s.name: {str(l): s.images[s.labels == l].reshape((s.labels == l).sum(), -1).mean(axis=1)
-                          for l in (0, 1)} for s in (tr, te)}
-    return DataSummary([partition, folds, integ, code_table], counts, integrity, tr.images, tr.labels, te.images,
-                       te.ids, mean_grey)
 
 
 def table_values(tables: list[Table]) -> dict[str, Any]:

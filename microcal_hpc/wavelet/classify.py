@@ -1,8 +1,9 @@
 """The wavelet classifier job: the classifier zoo on wavelet features (command line: ``microcal-hpc wavelet-classify``).
 
-For every feature set (``classify.feature_sets``: coeffs, stats) and classifier (``classify.classifiers``:
-rf, svm, lr, knn, nb, dt, mlp, hgb) it runs group-aware stratified k-fold CV on the official Train set
-(the CNN's splitter and folds), fits on all of Train and scores Test, and writes
+For every feature set (``classify.feature_sets``, names from ``wavelet.transform.FEATURE_SETS``: coeffs,
+stats, ...) and classifier (``classify.classifiers``: rf, svm, lr, knn, nb, dt, mlp, hgb) it runs
+group-aware stratified k-fold CV on the official Train set (the CNN's splitter and folds), fits on all
+of Train and scores Test, and writes
 ``DIR/<feature_set>/<classifier>/`` with metrics.json, predictions.npz, config.yaml and classify.log
 (docs/outputs.md). ``DIR/classify.log`` collects every line. A model folder that is already complete
 for the same features and settings is skipped. ``classify.n_jobs`` workers run the folds in parallel.
@@ -42,13 +43,13 @@ def classify_job(cfg, features: str, run_dir: str, force: bool = False) -> list[
     missing = [fs for fs in cc.feature_sets if fs not in available]
     if missing:
         raise InputError(f"{features}: holds feature set(s) {', '.join(available)}, not {', '.join(missing)} "
-                         f"(recompute with wavelet.features=both, or choose --feature-sets)")
+                         f"(recompute with wavelet.features listing them, or choose --feature-sets)")
     _warn_if_folds_differ(cfg)
     settings = features_settings(features)
     inputs = {k: settings.get(k) for k in ("input_digest", "wavelet", "level", "keep_levels", "mode", "dtype",
                                            "effective_level")}
-    wavelet_info = {k: settings.get(k) for k in ("wavelet", "level", "effective_level", "keep_levels", "mode",
-                                                 "dtype")}
+    wavelet_info = {k: settings.get(k) for k in ("wavelet", "level", "effective_level", "boundary_free_max_level",
+                                                 "keep_levels", "mode", "dtype", "image_shape")}
     log.info("classifiers %s on feature sets %s of %s (wavelet %s level %s, keep levels %s); %d-fold CV, "
              "group_by=%s, seed=%d, n_jobs=%d", ",".join(names), ",".join(cc.feature_sets), features,
              settings.get("wavelet"), settings.get("level"), settings.get("keep_levels"), cc.folds, cc.group_by,

@@ -10,9 +10,9 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from microcal_hpc.wavelet.transform import (DTYPES, WaveletSettingsError, check_engine, check_features,
-                                            check_keep_levels, coeff_feature_names, detail_index, extract_features,
-                                            resolve_level, stats_feature_names, wavedec2_batch)
+from microcal_hpc.wavelet.transform import (DTYPES, WaveletSettingsError, check_engine, check_feature_sets,
+                                            check_keep_levels, extract_features, feature_set_columns, resolve_level,
+                                            wavedec2_batch)
 
 
 class WaveletFeatures(TransformerMixin, BaseEstimator):
@@ -24,8 +24,8 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
     level : decomposition level (default 4); None: the boundary-free maximum for the image size.
     keep_levels : detail levels kept by the ``coeffs`` features (1 = finest; default (2, 3, 4)); None: all.
     mode : PyWavelets signal extension mode (default ``symmetric``).
-    features : ``coeffs`` (detail coefficients of the kept levels), ``stats`` (5 statistics per
-        sub-band) or ``both`` (coeffs then stats, side by side).
+    features : one feature set name or a list of them (``transform.FEATURE_SETS``: ``coeffs``,
+        ``stats``, ``approx_stats``, ``other_levels_stats``), side by side in the given order.
     image_shape : (H, W) when X is given flat as (N, H*W); None for (N, H, W) input, or for flat
         input of square images.
     dtype : float64 (PyWavelets' default for 8-bit images) or float32 (half the memory).
@@ -36,7 +36,7 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, wavelet: str = "db5", level: int | None = 4, keep_levels: Sequence[int] | None = (2, 3, 4),
-                 mode: str = "symmetric", features: str = "coeffs", image_shape: tuple[int, int] | None = None,
+                 mode: str = "symmetric", features: str | Sequence[str] = "coeffs", image_shape: tuple[int, int] | None = None,
                  dtype: str = "float64", engine: str = "matrix"):
         self.wavelet = wavelet
         self.level = level
@@ -72,11 +72,11 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
         if self.dtype not in DTYPES:
             raise WaveletSettingsError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         check_engine(self.engine)
-        self.feature_sets_ = check_features(self.features)
         images = self._images(X)
         self.image_shape_ = tuple(int(s) for s in images.shape[1:])
         self.level_info_ = resolve_level(self.image_shape_, self.wavelet, self.level, self.mode)
         self.keep_levels_ = check_keep_levels(self.keep_levels, self.level_info_.effective)
+        self.feature_sets_ = check_feature_sets(self.features, self.level_info_.effective, self.keep_levels_)
         self.n_features_in_ = int(np.prod(images.shape[1:]))
         probe = self._transform(np.zeros((1,) + self.image_shape_, dtype=np.uint8))
         self.n_features_out_ = int(probe.shape[1])
@@ -98,13 +98,7 @@ class WaveletFeatures(TransformerMixin, BaseEstimator):
         return self._transform(self._images(X, self.image_shape_))
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        """Column names: ``H4_0_0`` ... for coefficients, ``A4_energy`` ... for statistics."""
-        names: list[str] = []
-        level = self.level_info_.effective
-        if "coeffs" in self.feature_sets_:
-            coeffs = wavedec2_batch(np.zeros((1,) + self.image_shape_), self.wavelet, level, self.mode)
-            shapes = {j: coeffs[detail_index(level, j)][0].shape[-2:] for j in self.keep_levels_}
-            names += coeff_feature_names(level, self.keep_levels_, shapes)
-        if "stats" in self.feature_sets_:
-            names += stats_feature_names(level)
+        """Column names: ``H4_0_0`` ... for coefficients, ``H4_energy`` ... for statistics."""
+        probe = wavedec2_batch(np.zeros((1,) + self.image_shape_), self.wavelet, self.level_info_.effective, self.mode)
+        names = [n for fs in self.feature_sets_ for n in feature_set_columns(fs, probe, self.keep_levels_)]
         return np.asarray(names, dtype=object)

@@ -27,7 +27,7 @@ from microcal_hpc.atomic import atomic_path, write_json
 from microcal_hpc.dataset import Split
 from microcal_hpc.joblog import file_handler
 from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci, summarize
-from microcal_hpc.splits import cv_folds, split_groups
+from microcal_hpc.splits import split_folds, split_groups
 from microcal_hpc.wavelet.classifiers import score_kind, scores
 
 log = logging.getLogger("microcal.wavelet.evaluate")
@@ -53,7 +53,7 @@ class Evaluation:
 
 def shared_folds(meta: Split, n_folds: int, group_by: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The project's CV folds of a Train split (same function and arguments as the CNN fold jobs)."""
-    return cv_folds(meta.labels, split_groups(meta, group_by), n_folds, seed)
+    return split_folds(meta, group_by, n_folds, seed)
 
 
 def _fit_and_score(make_model: Callable, X_fit, y_fit, X_eval) -> tuple[np.ndarray, str, str, float]:

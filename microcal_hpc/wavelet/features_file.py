@@ -1,18 +1,21 @@
 """The wavelet features file (FEATURES.h5) that the wavelet-features job writes and the classifiers read.
 
-Layout (format ``microcal-hpc-wavelet-features``, version 1)::
+Layout (format ``microcal-hpc-wavelet-features``, version 2)::
 
-    /train/coeffs      float (N, F_coeffs)  detail coefficients of the kept levels (transform.coeff_features)
-    /train/stats       float (N, F_stats)   5 statistics per sub-band (transform.stats_features)
-    /train/labels      int8, /train/ids, /train/groups, /train/cases, /train/pixel_hash (UTF-8 str),
-                       copied from the packed file in its order
-    /test/...          the same for the official Test set
+    /train/<set>         float (N, F_set)  one dataset per computed feature set (transform.FEATURE_SETS:
+                         coeffs, stats, approx_stats, other_levels_stats; transform.feature_set_values)
+    /train/labels        int8, /train/ids, /train/groups, /train/cases, /train/pixel_hash (UTF-8 str),
+                         copied from the packed file in its order
+    /test/...            the same for the official Test set
+    /feature_names/<set> UTF-8 str (F_set,): the name of every column: sub-band and statistic
+                         (``H4_energy``, ``A4_mean_abs``) or sub-band, row and column (``H4_0_0``)
     root attrs: format, format_version, wavelet, level (as asked), effective_level,
-                boundary_free_max_level, keep_levels, mode, features, dtype, engine, feature_sets,
-                stats_names (JSON), coeffs_layout, image_shape, input_file, input_digest,
-                pywt_version, numpy_version, package_version, complete
+                boundary_free_max_level, keep_levels, mode, dtype, engine, feature_sets (JSON list),
+                coeffs_layout, image_shape, input_file, input_digest, pywt_version, numpy_version,
+                package_version, complete
 
-Only the feature sets asked for (``features``: coeffs | stats | both) are present. Nothing in the file
+Only the feature sets asked for (``wavelet.features``) are present. Version 1 files (whose ``stats``
+also held the approximation and the levels outside ``keep_levels``) are refused. Nothing in the file
 depends on the number of MPI ranks or the chunk size: the same input and settings give the same bytes
 in every dataset and attribute.
 """
@@ -29,7 +32,7 @@ from microcal_hpc.dataset import SPLITS, Split, _strings, open_packed
 from microcal_hpc.errors import InputError
 
 FORMAT_NAME = "microcal-hpc-wavelet-features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_FIELDS = ("labels", "ids", "groups", "cases", "pixel_hash")
 
 
@@ -48,7 +51,6 @@ def settings_attrs(wcfg, info, image_shape, feature_sets) -> dict:
         "boundary_free_max_level": int(info.boundary_free_max),
         "keep_levels": np.asarray(sorted(wcfg.keep_levels, reverse=True), dtype=np.int64),
         "mode": wcfg.mode,
-        "features": wcfg.features,
         "dtype": wcfg.dtype,
         "engine": wcfg.engine,
         "feature_sets": json.dumps(list(feature_sets)),
@@ -61,22 +63,26 @@ def settings_attrs(wcfg, info, image_shape, feature_sets) -> dict:
     }
 
 
-def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], widths: dict[str, int],
+def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], columns: dict[str, list[str]],
                   dtype: np.dtype) -> dict[tuple[str, str], int | None]:
     """Create the features file at ``path`` with the metadata of ``packed`` and empty feature datasets.
 
-    The feature datasets are contiguous and allocated now but not filled (``widths``: feature set ->
-    values per image), so that the job's ranks can write their rows straight into the file. Returns the
-    byte offset of each ``(split, feature set)`` dataset (None for an empty one). Attributes are added
-    by :func:`finish` once every row is written.
+    ``columns``: feature set -> its column names (written to /feature_names). The feature datasets are
+    contiguous and allocated now but not filled, so that the job's ranks can write their rows straight
+    into the file. Returns the byte offset of each ``(split, feature set)`` dataset (None for an empty
+    one). Attributes are added by :func:`finish` once every row is written.
     """
     import h5py
 
     offsets = {}
     with h5py.File(path, "w") as f:
+        names = f.create_group("feature_names")
+        for name, cols in columns.items():
+            names.create_dataset(name, data=np.asarray(cols, dtype=object), dtype=h5py.string_dtype(), track_times=False)
         for split in SPLITS:
             g = f.create_group(split)
-            for name, width in widths.items():
+            for name, cols in columns.items():
+                width = len(cols)
                 dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
                 dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
                 dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every byte is written by a rank
@@ -176,7 +182,7 @@ def load_features(path: str | os.PathLike, split: str, feature_set: str) -> tupl
         sets = json.loads(f.attrs["feature_sets"])
         if feature_set not in sets:
             raise InputError(f"{path}: holds feature set(s) {', '.join(sets)}, not {feature_set!r} "
-                             f"(recompute with --features {feature_set} or both)")
+                             f"(recompute with wavelet.features listing {feature_set})")
         g = f[split]
         X = g[feature_set][()]
         shape = tuple(int(s) for s in f.attrs["image_shape"])
@@ -184,6 +190,14 @@ def load_features(path: str | os.PathLike, split: str, feature_set: str) -> tupl
                      ids=_strings(g["ids"]), groups=_strings(g["groups"]), cases=_strings(g["cases"]),
                      pixel_hash=_strings(g["pixel_hash"]))
     return X, meta
+
+
+def feature_names(path: str | os.PathLike, feature_set: str) -> list[str]:
+    """The column names of one feature set of a features file (sub-band and statistic, or position)."""
+    with open_features(path) as f:
+        if feature_set not in f.get("feature_names", {}):
+            raise InputError(f"{path}: no column names for feature set {feature_set!r}")
+        return f["feature_names"][feature_set].asstr()[()].tolist()
 
 
 def features_settings(path: str | os.PathLike) -> dict:

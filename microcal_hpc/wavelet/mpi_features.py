@@ -34,7 +34,6 @@ Launching
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import resource
@@ -49,9 +48,8 @@ from microcal_hpc.dataset import SPLITS, open_packed
 from microcal_hpc.errors import ConfigError, InputError, MicrocalError, Terminated
 from microcal_hpc.wavelet import features_file
 from microcal_hpc.wavelet.matrix_dwt import TILE
-from microcal_hpc.wavelet.transform import (check_features, check_keep_levels, coeff_feature_length,
-                                            coeff_features, resolve_level, stats_feature_names, stats_features,
-                                            wavedec2_batch)
+from microcal_hpc.wavelet.transform import (check_feature_sets, check_keep_levels, feature_set_columns,
+                                            feature_set_values, resolve_level, wavedec2_batch)
 
 log = logging.getLogger("microcal.wavelet.features")
 
@@ -269,7 +267,6 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
                 out.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise InputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
-        sets = check_features(wcfg.features)
         if wcfg.dtype not in ("float64", "float32"):
             raise ConfigError(f"wavelet.dtype must be float64 or float32; got {wcfg.dtype!r}")
         if int(wcfg.chunk_size) < 1:
@@ -284,6 +281,7 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
         info = resolve_level(shape, wcfg.wavelet, wcfg.level, wcfg.mode, logger=log if rank == 0 else
                              logging.getLogger("microcal.quiet"))
         keep = check_keep_levels(wcfg.keep_levels, info.effective)
+        sets = check_feature_sets(wcfg.features, info.effective, keep)
     _close_on_error(packed, err)
     agree.check(err[0] if err else None)
 
@@ -307,14 +305,11 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
         return {"status": status, "path": str(out), "ranks": size, "images": sum(counts.values()),
                 "seconds": round(seconds, 3)}
 
-    # 3. sizes of one feature row (from a one-image probe: same on every rank)
+    # 3. columns of each feature set (from a one-image probe: same on every rank)
     probe = wavedec2_batch(np.zeros((1,) + shape, np.uint8), wcfg.wavelet, info.effective, wcfg.mode, wcfg.dtype,
                            wcfg.engine)
-    widths = {}
-    if "coeffs" in sets:
-        widths["coeffs"] = coeff_feature_length(probe, keep)
-    if "stats" in sets:
-        widths["stats"] = stats_features(probe).shape[1]
+    columns = {fs: feature_set_columns(fs, probe, keep) for fs in sets}
+    widths = {fs: len(cols) for fs, cols in columns.items()}
     chunk = int(wcfg.chunk_size)
     # ranks and pieces start on the matrix engine's tiles (a piece that did not would compute one
     # more, partly empty, tile per chunk: 12% more work for chunks of 256)
@@ -337,7 +332,7 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
     with _capture(err):
         if rank == 0:
             tmp = stack.enter_context(atomic_path(out))
-            layout = {"path": str(tmp), "offsets": features_file.create_layout(tmp, packed, counts, widths, dtype)}
+            layout = {"path": str(tmp), "offsets": features_file.create_layout(tmp, packed, counts, columns, dtype)}
     if err:
         stack.__exit__(type(err[0]), err[0], None)
     _close_on_error(packed, err)
@@ -402,8 +397,6 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
         with _capture(err):
             if rank == 0:
                 attrs = dict(expected, input_file=str(data.resolve()))
-                if "stats" in widths:
-                    attrs["stats_names"] = json.dumps(stats_feature_names(info.effective))
                 features_file.finish(layout["path"], attrs)
         agree.check(err[0] if err else None)
     except BaseException as e:
@@ -462,10 +455,8 @@ def _features_into(images: np.ndarray, wcfg, level: int, keep: tuple[int, ...], 
     n = len(images)
     coeffs = wavedec2_batch(images, wcfg.wavelet, level, wcfg.mode, wcfg.dtype, wcfg.engine, out=coeff_buffers,
                             first_slot=first_slot)
-    if "coeffs" in outs:
-        coeff_features(coeffs, keep, out=outs["coeffs"][:n])
-    if "stats" in outs:
-        outs["stats"][:n] = stats_features(coeffs)
+    for name, buf in outs.items():
+        feature_set_values(name, coeffs, keep, out=buf[:n])
     return coeffs
 
 

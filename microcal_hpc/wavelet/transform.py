@@ -8,14 +8,26 @@ vertical and diagonal details of level ``n - i + 1``. Level 1 is the finest (hal
 So detail level ``j`` is ``coeffs[n - j + 1]`` (:func:`detail_index`), and for ``n = 4`` the
 "detail levels 2-4" of the reference study are ``coeffs[1:4]`` (levels 4, 3, 2, in that order).
 
-:func:`coeff_features` concatenates, per image, the kept levels from the coarsest to the finest and
-within a level H, V, D, each sub-band flattened in C order. db5, level 4 on 60x60 patches:
-level 4: 3 x 12x12, level 3: 3 x 15x15, level 2: 3 x 21x21 -> 3 x (144 + 225 + 441) = 2,430 values.
+Feature sets (:data:`FEATURE_SETS`, selected by name)
+------------------------------------------------------
+Each set draws on named sub-bands only, so a classifier's inputs say what they contain:
 
-:func:`stats_features` describes every sub-band (the approximation and all 3 x n detail sub-bands,
-kept levels or not) by 5 numbers: energy (mean of squares), mean absolute value, standard deviation,
-skewness and excess kurtosis (population moments; 0 for a constant sub-band).
-Order: cA_n, then level n..1, each H, V, D; per sub-band the 5 statistics. db5 level 4: 13 x 5 = 65.
+- ``coeffs``: the detail coefficients of the kept levels (``keep_levels``), the coarsest level first and
+  within a level H, V, D, each sub-band flattened in C order. db5, level 4 on 60x60 patches, levels 2-4:
+  3 x (144 + 225 + 441) = 2,430 values. Column ``H4_0_0`` = sub-band H of level 4, row 0, column 0.
+- ``stats``: 5 statistics of each detail sub-band of the kept levels (same order): energy (mean of
+  squares), mean absolute value, standard deviation, skewness and excess kurtosis (population moments;
+  0 for a constant sub-band). Levels 2-4: 9 sub-bands x 5 = 45. Column ``H4_energy``.
+- ``approx_stats``: the same 5 statistics of the approximation sub-band ``A<level>``: the patch's
+  brightness and low-frequency content (its mean absolute value follows the mean grey level), not
+  detail. Column ``A4_mean_abs``.
+- ``other_levels_stats``: the same 5 statistics of the detail sub-bands of the levels NOT in
+  ``keep_levels`` (levels 2-4 kept: level 1, the finest, 15 values).
+
+The statistics of an image do not depend on the other images of its batch, bit for bit: row sums use
+NumPy's pairwise summation and the higher moments ``np.einsum``, whose results depend on the row's
+values only (a BLAS dot product's rounding depends on the memory alignment of the row, i.e. on its
+place in the batch).
 
 Level beyond the boundary-free maximum
 --------------------------------------
@@ -51,7 +63,14 @@ log = logging.getLogger("microcal.wavelet")
 
 SUBBANDS = ("H", "V", "D")  # order of the detail tuples in PyWavelets' output
 STAT_NAMES = ("energy", "mean_abs", "std", "skewness", "kurtosis")
-FEATURE_SETS = ("coeffs", "stats")
+# The feature sets by name -> what they hold (module docstring). The one declaration that the config,
+# the features job, the features file, the classifiers and the report read.
+FEATURE_SETS = {
+    "coeffs": "detail coefficients of the kept levels",
+    "stats": "5 statistics of each detail sub-band of the kept levels",
+    "approx_stats": "5 statistics of the approximation sub-band (brightness, low frequencies)",
+    "other_levels_stats": "5 statistics of each detail sub-band of the levels outside keep_levels",
+}
 DTYPES = ("float64", "float32")
 ENGINES = ("matrix", "pywt")
 _TOO_HIGH = r"Level value of \d+ is too high"
@@ -187,13 +206,31 @@ def check_keep_levels(keep_levels: Iterable[int] | None, level: int) -> tuple[in
     return tuple(sorted(levels, reverse=True))
 
 
-def check_features(features: str) -> tuple[str, ...]:
-    """The feature sets named by ``features`` (coeffs | stats | both)."""
-    if features == "both":
-        return FEATURE_SETS
-    if features not in FEATURE_SETS:
-        raise WaveletSettingsError(f"features must be coeffs, stats or both; got {features!r}")
-    return (features,)
+def check_feature_sets(names, level: int, keep_levels: Iterable[int] | None = None) -> tuple[str, ...]:
+    """The feature sets named by ``names`` (a list of :data:`FEATURE_SETS` names, or one name).
+
+    WaveletSettingsError for an unknown name, the old spelling ``both``, an empty list, a name given
+    twice, or ``other_levels_stats`` when ``keep_levels`` keeps every level (the set would be empty).
+    """
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    if "both" in names:
+        raise WaveletSettingsError("feature set 'both' is the old spelling: list the sets by name, "
+                                   f"e.g. [coeffs, stats] (known: {', '.join(FEATURE_SETS)})")
+    unknown = [n for n in names if n not in FEATURE_SETS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), list(FEATURE_SETS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise WaveletSettingsError(f"unknown feature set(s) {', '.join(map(str, unknown))}{hint}; "
+                                   f"known: {', '.join(FEATURE_SETS)}")
+    if not names:
+        raise WaveletSettingsError(f"no feature set named; known: {', '.join(FEATURE_SETS)}")
+    if len(set(names)) != len(names):
+        raise WaveletSettingsError(f"feature sets {names} name a set twice")
+    if "other_levels_stats" in names and set(check_keep_levels(keep_levels, level)) == set(range(1, level + 1)):
+        raise WaveletSettingsError(f"feature set other_levels_stats is empty: keep_levels keeps every level 1..{level}")
+    return tuple(names)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,36 +276,21 @@ def wavedec2_batch(images: np.ndarray, wavelet: str, level: int, mode: str = "sy
         return pywt.wavedec2(x, wavelet, mode=mode, level=level, axes=(-2, -1))
 
 
-def coeff_feature_length(coeffs: list, keep_levels: Sequence[int]) -> int:
-    """Number of values :func:`coeff_features` returns per image."""
-    n = len(coeffs) - 1
-    return sum(int(np.prod(coeffs[detail_index(n, j)][0].shape[-2:])) * 3 for j in keep_levels)
-
-
-def coeff_features(coeffs: list, keep_levels: Sequence[int] = (4, 3, 2), out: np.ndarray | None = None) -> np.ndarray:
-    """(N, F) detail coefficients of the kept levels, coarsest level first, H/V/D each flattened.
-
-    ``coeffs`` is a batched ``wavedec2`` result; ``keep_levels`` are detail levels (1 = finest), taken
-    in the given order (use :func:`check_keep_levels` for the canonical coarsest-first order).
-    """
-    n_levels = len(coeffs) - 1
-    parts = []
-    for j in keep_levels:
-        for band in coeffs[detail_index(n_levels, j)]:
-            parts.append(band.reshape(band.shape[0], -1))
-    return np.concatenate(parts, axis=1, out=out)
-
-
 def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dot product of each row of ``a`` with the same row of ``b``: one BLAS ``dot`` per row."""
-    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+    """Dot product of each row of ``a`` with the same row of ``b``.
+
+    ``np.einsum``, not BLAS: a BLAS dot's rounding depends on where the row sits in memory, so the
+    same image would get other last bits in another batch (or on another MPI rank).
+    """
+    return np.einsum("ij,ij->i", a, b)
 
 
 def _moments(x: np.ndarray) -> np.ndarray:
     """(N, 5) energy, mean |x|, std, skewness, excess kurtosis of each row of ``x`` (N, M).
 
     Two-pass central moments (no cancellation for bands with a large mean, such as the approximation);
-    the third and fourth are row dot products; energy is the variance plus the squared mean.
+    the third and fourth are row dot products; energy is the variance plus the squared mean. Every
+    row's result depends on that row alone, bit for bit (see :func:`_row_dot`).
     """
     m = x.shape[1]
     mean = x.sum(axis=1) / m
@@ -288,16 +310,6 @@ def _moments(x: np.ndarray) -> np.ndarray:
     return np.stack([energy, mean_abs, std, skew, kurt], axis=1).astype(x.dtype, copy=False)
 
 
-def subband_names(level: int) -> list[str]:
-    """Names of the sub-bands in :func:`stats_features` order: A<n>, then H<n>, V<n>, D<n>, ..., D1."""
-    return [f"A{level}"] + [f"{b}{j}" for j in range(level, 0, -1) for b in SUBBANDS]
-
-
-def stats_feature_names(level: int) -> list[str]:
-    """``<subband>_<stat>`` names of the :func:`stats_features` columns."""
-    return [f"{sb}_{st}" for sb in subband_names(level) for st in STAT_NAMES]
-
-
 _MOMENT_BLOCK = 65536  # values per block of rows in _row_moments: the temporaries stay in a 1 MB L2 cache
 
 
@@ -309,20 +321,59 @@ def _row_moments(x: np.ndarray) -> np.ndarray:
     return np.concatenate([_moments(x[a:a + rows]) for a in range(0, x.shape[0], rows)])
 
 
-def stats_features(coeffs: list) -> np.ndarray:
-    """(N, 5 x (3 n + 1)) statistics of every sub-band (see the module docstring for order and meaning)."""
-    bands = [coeffs[0]] + [b for details in coeffs[1:] for b in details]
-    n = bands[0].shape[0]
-    return np.concatenate([_row_moments(np.ascontiguousarray(b).reshape(n, -1)) for b in bands], axis=1)
+def subbands(coeffs: list, feature_set: str, keep_levels: Sequence[int]) -> list[tuple[str, np.ndarray]]:
+    """(name, batched array) of the sub-bands a feature set draws on, in its column order.
+
+    Names: ``A<n>`` for the approximation, ``H<j>``, ``V<j>``, ``D<j>`` for the details of level ``j``.
+    ``keep_levels`` in the order wanted (canonical: coarsest first, :func:`check_keep_levels`).
+    """
+    n = len(coeffs) - 1
+    if feature_set == "approx_stats":
+        return [(f"A{n}", coeffs[0])]
+    if feature_set in ("coeffs", "stats"):
+        levels = list(keep_levels)
+    elif feature_set == "other_levels_stats":
+        levels = [j for j in range(n, 0, -1) if j not in set(keep_levels)]
+    else:
+        raise WaveletSettingsError(f"unknown feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
+    return [(f"{b}{j}", band) for j in levels for b, band in zip(SUBBANDS, coeffs[detail_index(n, j)])]
 
 
-def coeff_feature_names(level: int, keep_levels: Sequence[int], shapes: dict[int, tuple[int, int]]) -> list[str]:
-    """``<subband><level>_<row>_<col>`` names of the :func:`coeff_features` columns (``shapes``: level -> (h, w))."""
-    names = []
-    for j in keep_levels:
-        h, w = shapes[j]
-        names += [f"{b}{j}_{r}_{c}" for b in SUBBANDS for r in range(h) for c in range(w)]
-    return names
+def coeff_features(coeffs: list, keep_levels: Sequence[int] = (4, 3, 2), out: np.ndarray | None = None) -> np.ndarray:
+    """(N, F) detail coefficients of the kept levels, coarsest level first, H/V/D each flattened.
+
+    ``coeffs`` is a batched ``wavedec2`` result; ``keep_levels`` are detail levels (1 = finest), taken
+    in the given order (use :func:`check_keep_levels` for the canonical coarsest-first order).
+    """
+    parts = [band.reshape(band.shape[0], -1) for _, band in subbands(coeffs, "coeffs", keep_levels)]
+    return np.concatenate(parts, axis=1, out=out)
+
+
+def band_stats(bands: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """(N, 5 x len(bands)) statistics (:data:`STAT_NAMES`) of each batched sub-band, side by side."""
+    n = bands[0][1].shape[0]
+    return np.concatenate([_row_moments(np.ascontiguousarray(b).reshape(n, -1)) for _, b in bands], axis=1)
+
+
+def feature_set_values(feature_set: str, coeffs: list, keep_levels: Sequence[int],
+                       out: np.ndarray | None = None) -> np.ndarray:
+    """(N, F) values of one feature set (:data:`FEATURE_SETS`) of a batched ``wavedec2`` result."""
+    if feature_set == "coeffs":
+        return coeff_features(coeffs, keep_levels, out=out)
+    values = band_stats(subbands(coeffs, feature_set, keep_levels))
+    if out is not None:
+        out[...] = values
+        return out
+    return values
+
+
+def feature_set_columns(feature_set: str, coeffs: list, keep_levels: Sequence[int]) -> list[str]:
+    """Column names of :func:`feature_set_values`: ``<subband>_<row>_<col>`` for coefficients,
+    ``<subband>_<statistic>`` for statistics (e.g. ``H4_0_0``, ``D3_kurtosis``, ``A4_mean_abs``)."""
+    bands = subbands(coeffs, feature_set, keep_levels)
+    if feature_set == "coeffs":
+        return [f"{name}_{r}_{c}" for name, band in bands for r in range(band.shape[-2]) for c in range(band.shape[-1])]
+    return [f"{name}_{st}" for name, _ in bands for st in STAT_NAMES]
 
 
 def extract_features(images: np.ndarray, wavelet: str = "db5", level: int = 4,
@@ -331,9 +382,4 @@ def extract_features(images: np.ndarray, wavelet: str = "db5", level: int = 4,
                      engine: str = "matrix") -> dict[str, np.ndarray]:
     """Decompose ``images`` (N, H, W) once and return ``{feature_set: (N, F)}`` for the asked sets."""
     coeffs = wavedec2_batch(images, wavelet, level, mode, dtype, engine)
-    out = {}
-    if "coeffs" in feature_sets:
-        out["coeffs"] = coeff_features(coeffs, keep_levels)
-    if "stats" in feature_sets:
-        out["stats"] = stats_features(coeffs)
-    return out
+    return {fs: feature_set_values(fs, coeffs, keep_levels) for fs in feature_sets}
