@@ -1,4 +1,5 @@
 """Error types that the command line turns into one-line messages and a non-zero exit."""
+import signal
 
 
 class MicrocalError(Exception):
@@ -15,7 +16,18 @@ class ConfigError(MicrocalError):
     """Bad configuration: unknown key, wrong type, or an invalid value."""
 
 
-class Terminated(MicrocalError):
-    """The job was stopped by SIGTERM (e.g. scancel) while writing; its temporary output was removed."""
+class OutputError(MicrocalError):
+    """An output cannot be written (disk full, read-only file system, quota ...): the message names it."""
 
-    exit_code = 143
+    exit_code = 1
+
+
+class Terminated(MicrocalError):
+    """The job was stopped by a signal (e.g. SIGTERM from scancel) while writing; its temporary output was removed.
+
+    Exit code 128 + the signal's number, as a shell reports a process killed by it (SIGTERM: 143).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

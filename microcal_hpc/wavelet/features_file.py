@@ -72,8 +72,10 @@ def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], width
     """
     import h5py
 
+    from microcal_hpc.atomic import h5_output
+
     offsets = {}
-    with h5py.File(path, "w") as f:
+    with h5_output(path) as f:
         for split in SPLITS:
             g = f.create_group(split)
             for name, width in widths.items():
@@ -89,9 +91,9 @@ def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], width
 
 def finish(path: str | os.PathLike, attrs: dict) -> None:
     """Add the settings attributes and the 'complete' flag to a features file whose rows are all written."""
-    import h5py
+    from microcal_hpc.atomic import h5_output
 
-    with h5py.File(path, "r+") as f:
+    with h5_output(path, "r+") as f:
         for key, value in attrs.items():
             f.attrs[key] = value
         f.attrs["complete"] = True
