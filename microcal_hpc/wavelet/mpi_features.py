@@ -44,8 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
-from microcal_hpc.dataset import SPLITS, open_packed
+from microcal_hpc.atomic import (SignalReceived, atomic_path, remove_stale_temporaries, signal_name, signal_number,
+                                 sigterm_raises)
+from microcal_hpc.dataset import DAMAGE_ERRORS, SPLITS, cheap_to_verify, open_packed, verify_pixels
+from microcal_hpc.distributed import Peers
 from microcal_hpc.errors import ConfigError, InputError, MicrocalError, Terminated
 from microcal_hpc.wavelet import features_file
 from microcal_hpc.wavelet.matrix_dwt import TILE
@@ -239,20 +241,34 @@ def _describe_settings(wcfg) -> str:
 
 
 def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=None, force: bool = False,
-                    progress_every: float = 10.0) -> dict:
+                    verify: bool | None = None, progress_every: float = 10.0) -> dict:
     """Compute the wavelet features of every image of ``data`` into ``out``; collective over ``comm``.
 
+    ``verify``: check the packed file's whole-file checksum (rank 0) and every image read against its
+    pixel hash (None: only when the file is small enough for this to be cheap, dataset.cheap_to_verify).
     Returns a run summary (identical keys on every rank; timings and memory are gathered on rank 0):
     status (written | up to date), ranks, images, seconds, images_per_second, peak_rss_mb_per_rank.
+
+    A signal that stops one rank (SIGTERM, SIGINT) stops every rank: see :class:`Peers`.
     """
+    comm = comm if comm is not None else get_comm()
+    peers = Peers(comm.Get_rank(), comm.allgather(Peers.here()) if comm.Get_size() > 1 else [Peers.here()])
+    if comm.Get_rank() == 0:
+        remove_stale_temporaries(Path(out).parent)  # left by a killed run, even if the output is up to date
     try:
         with sigterm_raises():
-            return _extract(wcfg, data, out, comm if comm is not None else get_comm(), force, progress_every)
-    except SignalReceived:
-        raise Terminated(f"{out}: terminated by SIGTERM; nothing written") from None
+            return _extract(wcfg, data, out, comm, force, verify, progress_every)
+    except (SignalReceived, KeyboardInterrupt) as e:
+        signum = signal_number(e)
+        if peers.size > 1:
+            peers.stop_after_signal(signum, f"; every rank stops, {out} not written",
+                                    abort=getattr(comm, "Abort", None))
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise Terminated(f"{out}: terminated by {signal_name(signum)}; nothing written", signum) from None
 
 
-def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
+def _extract(wcfg, data, out, comm, force: bool, verify: bool | None, progress_every: float) -> dict:
     agree = _Agreement(comm)
     rank, size = agree.rank, agree.size
     t0 = time.perf_counter()
@@ -274,7 +290,9 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
             raise ConfigError(f"wavelet.dtype must be float64 or float32; got {wcfg.dtype!r}")
         if int(wcfg.chunk_size) < 1:
             raise ConfigError(f"wavelet.chunk_size must be > 0, got {wcfg.chunk_size}")
-        packed = open_packed(data)
+        if verify is None:
+            verify = cheap_to_verify(data)
+        packed = open_packed(data, verify=verify and rank == 0)
         shape = tuple(int(s) for s in packed.attrs["image_shape"])
         counts = {s: int(packed[s]["images"].shape[0]) for s in SPLITS}
         for s in SPLITS:
@@ -366,7 +384,7 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
     writer = _BackgroundWriter(timers)
     try:
         agree.check(err[0] if err else None)
-        images = _read_piece(packed, data, plans[rank][0], timers, err) if plans[rank] else None
+        images = _read_piece(packed, data, plans[rank][0], verify, timers, err) if plans[rank] else None
         for k in range(rounds):
             piece = plans[rank][k] if k < len(plans[rank]) else None
             bufs = buffers[k % 2]
@@ -382,7 +400,7 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
                 agree.check(err[0] if err else None)
                 timers["wait"] += time.perf_counter() - t
             if k + 1 < len(plans[rank]):
-                images = _read_piece(packed, data, plans[rank][k + 1], timers, err)
+                images = _read_piece(packed, data, plans[rank][k + 1], verify, timers, err)
             if piece is not None and not err:
                 writer.submit(_write_piece, fd, layout["offsets"], bufs, piece)
             if rank == 0:
@@ -438,13 +456,18 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
     return summary
 
 
-def _read_piece(packed, data: Path, piece: Piece, timers: dict, err: list) -> np.ndarray | None:
-    """The images of one piece (uint8), or None with the error appended to ``err``."""
+def _read_piece(packed, data: Path, piece: Piece, verify: bool, timers: dict, err: list) -> np.ndarray | None:
+    """The images of one piece (uint8), checked against their pixel hashes if ``verify``, or None with the
+    error appended to ``err``."""
     t = time.perf_counter()
     with _capture(err):
         try:
-            return packed[piece.split]["images"][piece.start:piece.stop]
-        except (OSError, ValueError) as e:
+            g = packed[piece.split]
+            images = g["images"][piece.start:piece.stop]
+            if verify:
+                verify_pixels(data, piece.split, images, g["pixel_hash"].asstr()[piece.start:piece.stop], piece.start)
+            return images
+        except DAMAGE_ERRORS as e:
             raise InputError(f"{data}: cannot read /{piece.split}/images[{piece.start}:{piece.stop}] ({e})") from None
         finally:
             timers["read"] += time.perf_counter() - t
