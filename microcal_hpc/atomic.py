@@ -7,7 +7,8 @@ memory) cannot remove it; the next :func:`atomic_path` in that folder does, once
 another host's, not a file of any other name.
 
 A failure to write (disk full, read-only file system, quota, I/O error), whichever library reports
-it, becomes one :class:`~microcal_hpc.errors.OutputError` naming the output.
+it, becomes one :class:`~microcal_hpc.errors.OutputError` naming the output. SIGTERM can be made to
+raise (:func:`sigterm_raises`) so that these blocks unwind and remove their temporary output.
 """
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
-from microcal_hpc.errors import MicrocalError, OutputError
+from microcal_hpc.errors import MicrocalError, OutputError, causes
 from microcal_hpc.joblog import get_logger
 
-# errno values that mean "this output cannot be written here"
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM)
+# errno values that mean "this output cannot be written here": with a distinctive text, and without
+# ("Permission denied" in a message may be about an input)
+_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+WRITE_ERRNOS = _FULL_OR_READ_ONLY + (errno.EACCES, errno.EPERM)
 _TEMPORARY = re.compile(r"^\..+\.(?P<host>[^.~/]+)~(?P<pid>\d+)~[a-z0-9_]{8}[^/]*\.tmp$")
 
 
@@ -121,10 +124,8 @@ def _release_writer(exc: BaseException) -> None:
     hook = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None
     try:
-        e: BaseException | None = exc
-        while e is not None:
+        for e in causes(exc):
             traceback.clear_frames(e.__traceback__)
-            e = e.__cause__ or e.__context__
         gc.collect()
     finally:
         sys.unraisablehook = hook
@@ -137,20 +138,14 @@ def write_failure(exc: BaseException, path: str | os.PathLike | None = None) -> 
     searched. ``path``: an OSError naming another file than ``path`` (or a file inside it) does not count."""
     if isinstance(exc, MicrocalError) or not isinstance(exc, Exception):  # already one line; or a signal
         return None
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in causes(exc):
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-            named = e.filename is None or path is None or str(e.filename).startswith(str(path))
-            if named:
+            if e.filename is None or path is None or str(e.filename).startswith(str(path)):
                 return os.strerror(e.errno)
         else:
-            text = str(e)
-            for code in WRITE_ERRNOS[:5]:  # distinctive texts only ("Permission denied" may be about an input)
-                if os.strerror(code) in text:
+            for code in _FULL_OR_READ_ONLY:
+                if os.strerror(code) in str(e):
                     return os.strerror(code)
-        e = e.__cause__ or e.__context__
     return None
 
 
@@ -159,13 +154,14 @@ def h5_output(path: str | os.PathLike, mode: str = "w"):
     """``h5py.File(path, mode)`` for writing a temporary output, closed so that a failure cannot crash the process.
 
     When a write fails (disk full), HDF5 cannot flush the file at close, and it tries again when the
-    process exits, where it crashes (segmentation fault). So the file is flushed before it is closed,
-    and if the block or the flush fails, the file is emptied first: closing then has nothing to flush.
+    process exits, where it crashes (segmentation fault). So chunks are written through (no chunk
+    cache: write whole chunks), the file is flushed before it is closed, and if the block or the flush
+    fails, the file is emptied first: closing then has only a little metadata to write, which fits.
     Use it only for files that are removed on failure (e.g. inside :func:`atomic_path`).
     """
     import h5py
 
-    f = h5py.File(path, mode)
+    f = h5py.File(path, mode, rdcc_nbytes=0)
     try:
         yield f
         f.flush()
@@ -198,15 +194,11 @@ def signal_number(exc: BaseException) -> int | None:
     """The signal an exception stands for (SIGINT for KeyboardInterrupt, the signal of a SignalReceived),
     also when it was raised while unwinding from one: an exception raised asynchronously can break a
     library's bookkeeping on its way out (TensorFlow: "AssertionError: Concurrent access?")."""
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in causes(exc):
         if isinstance(e, SignalReceived):
             return e.signum
         if isinstance(e, KeyboardInterrupt):
             return int(signal.SIGINT)
-        e = e.__cause__ or e.__context__
     return None
 
 

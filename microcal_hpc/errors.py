@@ -1,5 +1,8 @@
 """Error types that the command line turns into one-line messages and a non-zero exit."""
+from __future__ import annotations
+
 import signal
+from typing import Iterator
 
 
 class MicrocalError(Exception):
@@ -31,3 +34,12 @@ class Terminated(MicrocalError):
     def __init__(self, message: str, signum: int = signal.SIGTERM):
         super().__init__(message)
         self.exit_code = 128 + int(signum)
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc``, then the exception it was raised from or while handling, and so on (each once)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
