@@ -27,6 +27,14 @@ Errors
     :class:`PeerFailed`, which the command line turns into a silent non-zero exit. No rank waits
     forever in a collective, and the output is written under a temporary name and renamed only at the end.
 
+Signals
+    SIGTERM or SIGINT to one rank (``kill``, a time limit, Ctrl-C): that rank unwinds (rank 0 removes the
+    temporary output), says so in one line and exits with 128 + the signal's number at once, without
+    MPI_Finalize (which would wait for the others); mpiexec, or srun with ``--kill-on-bad-exit``, then
+    stops the other ranks with SIGTERM, and they end quietly (:class:`~microcal_hpc.distributed.Peers`).
+    A rank killed outright (SIGKILL) is named by the launcher; rank 0's temporary output is then removed
+    by the next run (:func:`~microcal_hpc.atomic.remove_stale_temporaries`).
+
 Launching
     ``mpiexec -n N microcal-hpc wavelet-features ...`` or ``srun`` with N tasks; a plain process (no MPI
     launcher) runs serially without importing mpi4py.
@@ -48,7 +56,7 @@ from microcal_hpc.atomic import (SignalReceived, atomic_path, remove_stale_tempo
                                  sigterm_raises)
 from microcal_hpc.dataset import DAMAGE_ERRORS, SPLITS, cheap_to_verify, open_packed, verify_pixels
 from microcal_hpc.distributed import Peers
-from microcal_hpc.errors import ConfigError, InputError, MicrocalError, Terminated
+from microcal_hpc.errors import ConfigError, InputError, MicrocalError, OutputError, Terminated
 from microcal_hpc.wavelet import features_file
 from microcal_hpc.wavelet.matrix_dwt import TILE
 from microcal_hpc.wavelet.transform import (check_features, check_keep_levels, coeff_feature_length,
@@ -147,20 +155,18 @@ class _Agreement:
         """Collective. Return if no rank failed; otherwise raise on every rank (see module docstring)."""
         if not self._any_failed(error is not None):
             return
-        summary = None if error is None else (type(error).__name__, str(error), isinstance(error, MicrocalError),
-                                             isinstance(error, ConfigError))
+        summary = None if error is None else (type(error).__name__, str(error), isinstance(error, MicrocalError))
         reports = self.comm.gather(summary, root=0)
         if self.rank != 0:
             raise PeerFailed(f"rank {self.rank}: stopped because a rank failed (rank 0 reports the error)")
         if error is not None:
             raise error
         first = next(r for r, s in enumerate(reports) if s is not None)
-        name, message, expected, is_config = reports[first]
+        name, message, expected = reports[first]
         where = f" (on rank {first} of {self.size})"
-        if is_config:
-            raise ConfigError(message + where)
-        if expected:
-            raise InputError(message + where)
+        if expected:  # the same one-line error, with its exit code
+            kind = {cls.__name__: cls for cls in (ConfigError, OutputError)}.get(name, InputError)
+            raise kind(message + where)
         raise RuntimeError(f"{name}: {message}{where}")
 
 
@@ -260,9 +266,8 @@ def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=
             return _extract(wcfg, data, out, comm, force, verify, progress_every)
     except (SignalReceived, KeyboardInterrupt) as e:
         signum = signal_number(e)
-        if peers.size > 1:
-            peers.stop_after_signal(signum, f"; every rank stops, {out} not written",
-                                    abort=getattr(comm, "Abort", None))
+        if peers.size > 1:  # not MPI_Abort: srun would SIGKILL rank 0 before it removes the temporary output
+            peers.stop_after_signal(signum, f"; every rank stops, {out} not written")
         if isinstance(e, KeyboardInterrupt):
             raise
         raise Terminated(f"{out}: terminated by {signal_name(signum)}; nothing written", signum) from None
@@ -284,7 +289,7 @@ def _extract(wcfg, data, out, comm, force: bool, verify: bool | None, progress_e
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise InputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+                raise OutputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
         sets = check_features(wcfg.features)
         if wcfg.dtype not in ("float64", "float32"):
             raise ConfigError(f"wavelet.dtype must be float64 or float32; got {wcfg.dtype!r}")
@@ -402,7 +407,7 @@ def _extract(wcfg, data, out, comm, force: bool, verify: bool | None, progress_e
             if k + 1 < len(plans[rank]):
                 images = _read_piece(packed, data, plans[rank][k + 1], verify, timers, err)
             if piece is not None and not err:
-                writer.submit(_write_piece, fd, layout["offsets"], bufs, piece)
+                writer.submit(_write_piece, out, fd, layout["offsets"], bufs, piece)
             if rank == 0:
                 done += sum(len(p[k]) for p in plans if k < len(p))
                 elapsed = time.perf_counter() - t0
@@ -528,14 +533,17 @@ class _BackgroundWriter:
         self._pool.shutdown(wait=True)
 
 
-def _write_piece(fd: int, offsets: dict, bufs: dict[str, np.ndarray], piece: Piece) -> None:
+def _write_piece(out: Path, fd: int, offsets: dict, bufs: dict[str, np.ndarray], piece: Piece) -> None:
     """Write the rows of ``piece`` of every feature set at their byte offsets in the output file."""
     for name, buf in bufs.items():
         rows = buf[:len(piece)]
         at = offsets[(piece.split, name)] + piece.start * rows.strides[0]
         view = memoryview(rows).cast("B")
         while view:  # pwrite may write less than asked
-            written = os.pwrite(fd, view, at)
+            try:
+                written = os.pwrite(fd, view, at)
+            except OSError as e:
+                raise OutputError(f"{out}: cannot write ({os.strerror(e.errno) if e.errno else e})") from None
             view, at = view[written:], at + written
 
 
