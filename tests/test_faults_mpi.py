@@ -83,7 +83,8 @@ def gone(pids) -> bool:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("rank, signum", [(1, signal.SIGTERM), (0, signal.SIGINT), (0, signal.SIGKILL)])
+@pytest.mark.parametrize("rank, signum", [(1, signal.SIGTERM), (0, signal.SIGINT), (0, signal.SIGKILL)],
+                         ids=["rank1-SIGTERM", "rank0-SIGINT", "rank0-SIGKILL"])
 def test_a_signal_to_one_rank_ends_every_rank(packed_synthetic, tmp_path, rank, signum):
     out = tmp_path / "out" / "features.h5"
     cmd = [shutil.which("mpiexec"), "-n", "2", sys.executable, str(TESTS / "slow_ranks.py"), str(tmp_path / "ready"),
