@@ -16,7 +16,7 @@ import sys
 import microcal_hpc
 from microcal_hpc import __version__
 from microcal_hpc.atomic import SignalReceived, signal_name, signal_number, sigterm_raises
-from microcal_hpc.errors import MicrocalError
+from microcal_hpc.errors import MicrocalError, describe_os_error
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -83,15 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         if signum is None:
             raise
         return _fail(args.command, f"terminated by {signal_name(signum)}", 128 + signum)
-
-
-def describe_os_error(e: OSError) -> str:
-    """``FILE: reason`` (``FILE -> OTHER: reason`` for a rename) in one line."""
-    reason = os.strerror(e.errno) if e.errno else (str(e).splitlines() or [type(e).__name__])[0]
-    if e.filename is None:
-        return reason
-    other = f" -> {e.filename2}" if e.filename2 is not None else ""
-    return f"{e.filename}{other}: {reason}"
 
 
 def _fail(command: str, message: str, code: int) -> int:

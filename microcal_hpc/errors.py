@@ -1,6 +1,7 @@
 """Error types that the command line turns into one-line messages and a non-zero exit."""
 from __future__ import annotations
 
+import os
 import signal
 from typing import Iterator
 
@@ -43,3 +44,18 @@ def causes(exc: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def os_reason(e: OSError) -> str:
+    """The OS's reason for ``e`` in a few words (a folder to be created that is a file: said so)."""
+    if isinstance(e, FileExistsError) and e.filename is not None and not os.path.isdir(e.filename):
+        return "exists and is not a folder"
+    return os.strerror(e.errno) if e.errno else ((str(e).splitlines() or [type(e).__name__])[0])
+
+
+def describe_os_error(e: OSError) -> str:
+    """``FILE: reason`` (``FILE -> OTHER: reason`` for a rename) in one line."""
+    if e.filename is None:
+        return os_reason(e)
+    other = f" -> {e.filename2}" if e.filename2 is not None else ""
+    return f"{e.filename}{other}: {os_reason(e)}"

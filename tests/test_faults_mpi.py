@@ -21,6 +21,12 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import cli_env
+from microcal_hpc.config import Config
+from microcal_hpc.launcher import records
+from microcal_hpc.launcher.plan import JobSpec
+# at collection, before any test imports TensorFlow: submitit's import reconfigures logging, which closes
+# absl's handler, whose stream would then be pytest's captured stderr
+from microcal_hpc.launcher.worker import run_spec
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
@@ -128,11 +134,6 @@ def test_a_signal_to_one_rank_ends_every_rank(packed_synthetic, tmp_path, rank, 
 @pytest.mark.timeout(300)
 def test_the_launcher_reports_a_rank_stopped_by_a_signal(packed_synthetic, tmp_path, monkeypatch, capfd):
     """The local executor's path: run_spec re-launches the job under mpiexec (worker._run_under_mpiexec)."""
-    from microcal_hpc.config import Config
-    from microcal_hpc.launcher import records
-    from microcal_hpc.launcher.plan import JobSpec
-    from microcal_hpc.launcher.worker import run_spec
-
     for key, value in mpi_env(SLOW_READY_DIR=str(tmp_path / "ready")).items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "run" / "wavelet" / "features.h5"

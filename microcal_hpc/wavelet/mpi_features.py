@@ -56,7 +56,7 @@ from microcal_hpc.atomic import (SignalReceived, atomic_path, remove_stale_tempo
                                  sigterm_raises)
 from microcal_hpc.dataset import DAMAGE_ERRORS, SPLITS, cheap_to_verify, open_packed, verify_pixels
 from microcal_hpc.distributed import Peers
-from microcal_hpc.errors import ConfigError, InputError, MicrocalError, OutputError, Terminated
+from microcal_hpc.errors import ConfigError, InputError, MicrocalError, OutputError, Terminated, os_reason
 from microcal_hpc.wavelet import features_file
 from microcal_hpc.wavelet.matrix_dwt import TILE
 from microcal_hpc.wavelet.transform import (check_features, check_keep_levels, coeff_feature_length,
@@ -289,7 +289,7 @@ def _extract(wcfg, data, out, comm, force: bool, verify: bool | None, progress_e
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise OutputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+                raise OutputError(f"{out}: cannot create the output folder ({os_reason(e)})") from None
         sets = check_features(wcfg.features)
         if wcfg.dtype not in ("float64", "float32"):
             raise ConfigError(f"wavelet.dtype must be float64 or float32; got {wcfg.dtype!r}")
