@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
-from microcal_hpc.errors import MicrocalError, OutputError, causes
+from microcal_hpc.errors import MicrocalError, OutputError, causes, os_reason
 from microcal_hpc.joblog import get_logger
 
 # errno values that mean "this output cannot be written here": with a distinctive text, and without
@@ -99,7 +99,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{_host()}~{os.getpid()}~", suffix=f"{suffix}.tmp",
                                         dir=final.parent)
     except OSError as e:
-        raise OutputError(f"{final}: cannot write ({os.strerror(e.errno)})") from None
+        raise OutputError(f"{final}: cannot write ({os_reason(e)})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # the caller creates it (h5py, np.savez, a folder ...)

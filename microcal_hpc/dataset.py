@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from microcal_hpc.errors import InputError, MicrocalError
+from microcal_hpc.errors import InputError, MicrocalError, os_reason
 
 FORMAT_NAME = "microcal-hpc-packed"
 FORMAT_VERSION = 1
@@ -261,7 +261,7 @@ def _checksum_mismatch(path: Path) -> str | None:
         st = path.stat()
         actual = _sha256_of(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise InputError(f"{path}: cannot read ({os_reason(e)})") from None
     if actual != fields[0].lower():
         return f"its sha256 differs from the one recorded in {recorded.name} when it was written"
     return None

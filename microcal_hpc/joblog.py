@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from microcal_hpc.errors import os_reason
+
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
 
@@ -20,7 +22,7 @@ class JobLogFile(logging.FileHandler):
             return
         self._warned = True
         error = sys.exc_info()[1]
-        reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else error
+        reason = os_reason(error) if isinstance(error, OSError) else error
         try:
             print(f"microcal-hpc: warning: {self.baseFilename}: cannot write the job log ({reason}); "
                   "continuing without it", file=sys.stderr)

@@ -543,7 +543,7 @@ def _write_piece(out: Path, fd: int, offsets: dict, bufs: dict[str, np.ndarray],
             try:
                 written = os.pwrite(fd, view, at)
             except OSError as e:
-                raise OutputError(f"{out}: cannot write ({os.strerror(e.errno) if e.errno else e})") from None
+                raise OutputError(f"{out}: cannot write ({os_reason(e)})") from None
             view, at = view[written:], at + written
 
 
