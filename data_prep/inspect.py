@@ -4,7 +4,8 @@
 Pixel-identical images are found by equal ``pixel_hash`` (sha256 of the decoded pixels and shape),
 so the same picture under another name, file format or split is reported. A set of ``k`` identical
 images counts ``k*(k-1)/2`` pairs; a pair is "across" when one image is in Train and the other in Test.
-Images are not read (only names and hashes), so this is fast for any size.
+Images are not read (only names and hashes), so this is fast for any size; ``verify_packed(path)``
+(``inspect --verify``) reads them all to check every pixel hash and the whole-file checksum.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import json
 import os
 from collections import defaultdict
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 
-from microcal_hpc.dataset import SPLITS, _strings, open_packed
+from microcal_hpc.dataset import SPLITS, _strings, checksum_path, open_packed, verify_pixels
 
 
 def inspect_packed(path: str | os.PathLike) -> dict:
@@ -93,6 +95,29 @@ def inspect_packed(path: str | os.PathLike) -> dict:
             "n_conflicting_sets": sum(s["conflicting_labels"] for s in sets),
         },
     }
+
+
+def verify_packed(path: str | os.PathLike, chunk: int = 4096) -> dict:
+    """Check the file against its recorded whole-file checksum and every image against its pixel hash,
+    ``chunk`` images at a time; raise InputError naming the first problem (for an image: split, index, id).
+    Returns what was checked."""
+    recorded = checksum_path(path)
+    n = 0
+    with open_packed(path, verify=True) as f:
+        for split in SPLITS:
+            images, hashes = f[split]["images"], f[split]["pixel_hash"]
+            for start in range(0, images.shape[0], chunk):
+                stop = min(start + chunk, images.shape[0])
+                verify_pixels(path, split, images[start:stop], hashes.asstr()[start:stop], start=start)
+            n += images.shape[0]
+    return {"images": n, "checksum": str(recorded) if recorded.is_file() else None}
+
+
+def format_verification(v: dict) -> str:
+    """One line: what :func:`verify_packed` checked."""
+    checksum = (f"the file matches its checksum {Path(v['checksum']).name}" if v["checksum"]
+                else "no whole-file checksum recorded")
+    return f"verified: {checksum}; the pixels of all {v['images']} images match their pixel hashes"
 
 
 def format_inspection(d: dict) -> str:

@@ -22,10 +22,13 @@ its names and hashes to preallocated chunked datasets ``data.chunk_size`` images
 list of file names (from the scan) and the sets of distinct groups/cases grow with the tree.
 
 Idempotent: the root attribute ``inputs_sha256`` digests the format version, the naming patterns,
-the chunk size and every ``(id, sha256 of the file bytes)`` in pack order. If the output exists with the same
-digest, nothing is decoded or written ("up to date"); ``force=True`` rebuilds.
-Atomic: the file is written under a temporary name beside the output and renamed at the end;
-SIGTERM (e.g. ``scancel``) while writing removes the temporary file.
+the chunk size and every ``(id, sha256 of the file bytes)`` in pack order. If the output exists, is
+intact (it matches its whole-file checksum ``FILE.h5.sha256`` and has the packed layout) and has the
+same digest, nothing is decoded or written ("up to date"); a damaged one is rebuilt (one warning line
+says why); ``force=True`` rebuilds.
+Atomic: the file is written under a temporary name beside the output, its checksum is written, and
+it is renamed at the end; SIGTERM (e.g. ``scancel``) while writing removes the temporary file, and a
+temporary file left by a killed pack is removed by the next one (microcal_hpc.atomic).
 """
 from __future__ import annotations
 
@@ -42,8 +45,10 @@ import numpy as np
 
 from data_prep.naming import namer_from_config
 from data_prep.readers import decode_image, is_image_name, pixel_hash, read_bytes
-from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
-from microcal_hpc.dataset import FORMAT_NAME, FORMAT_VERSION, open_packed
+from microcal_hpc.atomic import (SignalReceived, atomic_path, h5_output, remove_stale_temporaries, signal_name,
+                                 sigterm_raises)
+from microcal_hpc.dataset import (FORMAT_NAME, FORMAT_VERSION, STRING_FIELDS, checksum_problem, open_packed,
+                                  write_checksum)
 from microcal_hpc.errors import ConfigError, InputError, Terminated
 from microcal_hpc.joblog import get_logger
 
@@ -165,14 +170,19 @@ def _hash_files(scan: TreeScan):
             yield rel, hashlib.sha256(read_bytes(os.path.join(root, rel))).hexdigest()
 
 
-def _existing_digest(out: Path) -> str | None:
-    """The ``inputs_sha256`` of an existing packed file, or None if it is not a readable packed file."""
+def _existing_file(out: Path) -> tuple[dict | None, str | None]:
+    """(counts, image_shape and inputs_sha256 of an existing packed file, None) if it is intact; else
+    (None, why it cannot be trusted). Intact: it matches its recorded checksum (checked before HDF5 opens
+    it) and has the packed layout."""
+    problem = checksum_problem(out)
+    if problem:
+        return None, problem
     try:
-        with open_packed(out) as f:
-            value = f.attrs.get("inputs_sha256")
-            return str(value) if value is not None else None
-    except (InputError, OSError, ValueError):
-        return None
+        with open_packed(out, verify=False) as f:
+            return {"counts": json.loads(f.attrs["counts"]), "image_shape": [int(s) for s in f.attrs["image_shape"]],
+                    "inputs_sha256": str(f.attrs.get("inputs_sha256"))}, None
+    except (InputError, KeyError, ValueError) as e:
+        return None, str(e).removeprefix(f"{out}: ")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,17 +205,18 @@ def pack_tree(root: str | os.PathLike, out: str | os.PathLike, data_cfg, force: 
         examples = ", ".join(scan.skipped[:3]) + (", ..." if len(scan.skipped) > 3 else "")
         log.warning("skipped %d file(s) that are not images by name: %s", len(scan.skipped), examples)
 
+    remove_stale_temporaries(out.parent)  # left by a killed pack, even if the output is up to date
     if out.exists() and not force:
-        existing = _existing_digest(out)
-        if existing is None:
-            log.warning("%s exists but is not a packed file of this format: rebuilding it", out)
+        existing, problem = _existing_file(out)
+        if problem:
+            log.warning("%s: %s; rebuilding it", out, problem)
+        elif inputs_digest(_hash_files(scan), data_cfg) == existing["inputs_sha256"]:
+            seconds = time.perf_counter() - t0
+            log.info("%s is up to date (%d input files unchanged, checked in %.2f s); nothing to do",
+                     out, scan.n_images, seconds)
+            return dict(existing, path=str(out), status="up to date", seconds=round(seconds, 3),
+                        skipped=len(scan.skipped))
         else:
-            if inputs_digest(_hash_files(scan), data_cfg) == existing:
-                seconds = time.perf_counter() - t0
-                summary = _summary_of_existing(out, seconds, len(scan.skipped))
-                log.info("%s is up to date (%d input files unchanged, checked in %.2f s); nothing to do",
-                         out, scan.n_images, seconds)
-                return summary
             log.info("inputs changed since %s was written: repacking", out)
 
     show = progress if progress is not None else scan.n_images >= PROGRESS_MIN_FILES
@@ -213,17 +224,16 @@ def pack_tree(root: str | os.PathLike, out: str | os.PathLike, data_cfg, force: 
     try:
         with sigterm_raises(), atomic_path(out) as tmp:
             summary = _write_packed(scan, tmp, data_cfg, show)
-    except SignalReceived:
-        raise Terminated(f"{out}: terminated by SIGTERM while packing; nothing written") from None
+            write_checksum(tmp, out)  # before the rename: a packed file never lacks its checksum
+    except SignalReceived as e:
+        raise Terminated(f"{out}: terminated by {signal_name(e.signum)} while packing; nothing written",
+                         e.signum) from None
     seconds = time.perf_counter() - t0
     summary.update(path=str(out), status="packed", seconds=round(seconds, 3),
                    images_per_second=round(scan.n_images / seconds, 1) if seconds > 0 else None,
                    skipped=len(scan.skipped))
     log.info(format_summary(summary))
     return summary
-
-
-STRING_FIELDS = ("ids", "groups", "cases", "sha256", "pixel_hash")
 
 
 def _write_packed(scan: TreeScan, tmp: Path, data_cfg, show_progress: bool) -> dict:
@@ -248,7 +258,7 @@ def _write_packed(scan: TreeScan, tmp: Path, data_cfg, show_progress: bool) -> d
 
     bar = tqdm(total=scan.n_images, unit="img", desc="pack", file=sys.stderr, disable=not show_progress,
                mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
-    with bar, h5py.File(tmp, "w") as f:
+    with bar, h5_output(tmp) as f:
         for split in SPLIT_FOLDERS:
             files = scan.files[split]
             n = len(files)
@@ -308,17 +318,6 @@ def _write_packed(scan: TreeScan, tmp: Path, data_cfg, show_progress: bool) -> d
         f.attrs["case_pattern"] = data_cfg.case_pattern
     return {"counts": counts, "image_shape": list(shape), "groups": n_groups, "cases": n_cases,
             "duplicate_images": n_images - len(pixel_keys), "inputs_sha256": inputs_sha256}
-
-
-def _summary_of_existing(out: Path, seconds: float, skipped: int) -> dict:
-    from microcal_hpc.dataset import open_packed
-
-    with open_packed(out) as f:
-        counts = json.loads(f.attrs["counts"])
-        shape = [int(s) for s in f.attrs["image_shape"]]
-        digest = str(f.attrs["inputs_sha256"])
-    return {"path": str(out), "status": "up to date", "counts": counts, "image_shape": shape,
-            "inputs_sha256": digest, "seconds": round(seconds, 3), "skipped": skipped}
 
 
 def format_summary(s: dict) -> str:

@@ -120,10 +120,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def pixel_hash(image: np.ndarray) -> str:
     """sha256 of the decoded pixels, shape included: equal for the same picture in any file format."""
-    arr = np.ascontiguousarray(image, dtype=np.uint8)
-    h = hashlib.sha256(f"uint8 {'x'.join(str(s) for s in arr.shape)}\n".encode("ascii"))
-    h.update(arr.data)
-    return h.hexdigest()
+    return pixel_hashes(np.asarray(image)[None])[0]
+
+
+def pixel_hashes(images: np.ndarray) -> list[str]:
+    """:func:`pixel_hash` of every image of ``images`` (N, H, W), about twice as fast as one call per image."""
+    arr = np.ascontiguousarray(images, dtype=np.uint8)
+    prefix = hashlib.sha256(f"uint8 {'x'.join(str(s) for s in arr.shape[1:])}\n".encode("ascii"))
+    out = []
+    for image in arr:
+        h = prefix.copy()
+        h.update(image.data)
+        out.append(h.hexdigest())
+    return out
 
 
 def _one_line(e: BaseException) -> str:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 import microcal_hpc
 from microcal_hpc import __version__
-from microcal_hpc.errors import MicrocalError
+from microcal_hpc.atomic import SignalReceived, signal_name, signal_number, sigterm_raises
+from microcal_hpc.errors import MicrocalError, describe_os_error
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,20 +52,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, run the job, turn expected errors into one line and a non-zero exit."""
+    """Entry point: parse, run the job, turn expected failures into one line on stderr and a non-zero exit.
+
+    Expected failures: the library's errors (exit 2 for bad input or settings, 1 for an output that
+    cannot be written, 128 + N for signal N), any other OSError ("FILE: reason", exit 1), SIGTERM and
+    Ctrl-C (SIGTERM raises while the job runs, so that temporary outputs are removed; exit 143 and 130).
+    A closed standard output (``microcal-hpc status | head``) ends the command silently with exit 141,
+    as SIGPIPE ends other tools.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with sigterm_raises():
+            code = int(args._run(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's exit-time flush
+            return code
     except MicrocalError as e:
-        print(f"microcal-hpc {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(args.command, f"error: {e}", e.exit_code)
+    except BrokenPipeError:
+        return _stdout_closed()
+    except OSError as e:
+        return _fail(args.command, f"error: {describe_os_error(e)}", 1)
     except KeyboardInterrupt:
-        print(f"microcal-hpc {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args.command, "interrupted", 130)
+    except (SignalReceived, Exception) as e:  # also an error raised while unwinding from a signal
+        signum = signal_number(e)
+        if signum is None:
+            raise
+        return _fail(args.command, f"terminated by {signal_name(signum)}", 128 + signum)
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    try:
+        print(f"microcal-hpc {command}: {message}", file=sys.stderr)
+    except OSError:  # stderr itself is gone
+        pass
+    return code
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: drop what is left to print, without Python's exit-time complaint."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

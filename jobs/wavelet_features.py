@@ -5,7 +5,8 @@ runs serially and does not import mpi4py. Settings come from the ``wavelet`` con
 by ``--wavelet --level --keep-levels --mode --features --chunk-size --dtype --engine``. The output is written
 atomically by rank 0, with its log beside it (``FEATURES.log``). When the output is already complete
 for the same settings and input, the job says so and returns. On any error, rank 0 prints one line
-and every rank exits non-zero.
+and every rank exits non-zero; a signal to one rank (SIGTERM, SIGINT) makes that rank say so in one line
+and ends every rank (exit 128 + the signal's number).
 
 Examples::
 
@@ -36,6 +37,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("matrix", "pywt"),
                    help="how the DWT is computed: matrix products (default) or PyWavelets (wavelet.engine)")
     p.add_argument("--force", action="store_true", help="recompute even if the output is complete")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                   help="check the packed file's whole-file checksum and every image's pixel hash (default: "
+                        "only for packed files up to 16 MB, where it is cheap)")
     p.add_argument("--summary-json", metavar="FILE", help="also write the run summary (timings, ranks, "
                                                           "per-rank peak memory) to FILE (rank 0)")
     add_config_arguments(p)
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args, _FLAGS)
         summary: dict = {}
-        features_job(cfg, args.data, args.out, force=args.force, summary=summary)
+        features_job(cfg, args.data, args.out, force=args.force, summary=summary, verify=args.verify)
         if args.summary_json and rank == 0:
             from microcal_hpc.atomic import write_json
 

@@ -23,22 +23,20 @@ import contextlib
 import hashlib
 import logging
 import os
-import sys
 import traceback
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
+from microcal_hpc.atomic import SignalReceived, signal_number
 from microcal_hpc.config import DistributedConfig
-from microcal_hpc.distributed import Context, launched_world_size
+from microcal_hpc.distributed import Context, Peers, end_rank, launched_world_size
 from microcal_hpc.errors import ConfigError, MicrocalError
+from microcal_hpc.joblog import log_file, log_to_file_only
 from microcal_hpc.parallel_math import cpu_threads_per_rank, scaled_learning_rate, warmup_step_learning_rate
 
 log = logging.getLogger("microcal.horovod")
-
-# Test hook: the rank whose number this variable holds raises after its first training step.
-FAIL_RANK_ENV = "MICROCAL_TEST_FAIL_RANK"
 
 
 def weights_sha256(model) -> str:
@@ -89,17 +87,6 @@ class RankReport(tf.keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         log.info("rank %d/%d final weights sha256=%s", self.rank, self.size, weights_sha256(self.model))
-
-
-class _FailAfterFirstStep(tf.keras.callbacks.Callback):
-    """Test hook (``MICROCAL_TEST_FAIL_RANK``): raise on this rank while the others wait in an allreduce."""
-
-    def __init__(self, rank: int):
-        super().__init__()
-        self.rank = rank
-
-    def on_train_batch_end(self, batch, logs=None):
-        raise RuntimeError(f"{FAIL_RANK_ENV}={self.rank}: injected failure on rank {self.rank} after step {batch}")
 
 
 class HorovodContext(Context):
@@ -193,8 +180,6 @@ class HorovodContext(Context):
         if self.cfg.warmup_epochs > 0 and target != base_lr:
             cbs.append(WarmupLearningRate(base_lr, target, self.cfg.warmup_epochs, steps_per_epoch))
         cbs.append(RankReport(self.rank, self.size))
-        if os.environ.get(FAIL_RANK_ENV, "") == str(self.rank):
-            cbs.append(_FailAfterFirstStep(self.rank))
         return cbs
 
     def broadcast_variables(self, model, optimizer=None) -> None:
@@ -227,41 +212,66 @@ class HorovodContext(Context):
 
     @contextlib.contextmanager
     def fail_fast(self, logger: logging.Logger | None = None) -> Iterator[None]:
-        """An exception on this rank logs its traceback and ends the whole job with a non-zero exit.
+        """A failure or a signal on this rank ends the whole job at once, with a non-zero exit.
 
         Without this, the other ranks would wait in their next allreduce until the launcher or the
-        time limit kills them. With MPI, ``MPI_Abort`` makes mpirun and srun (PMIx) kill every rank;
-        with Gloo, ``os._exit`` makes horovodrun kill the others. One rank: the exception propagates.
+        time limit kills them. Every rank ends through :func:`~microcal_hpc.distributed.end_rank`:
+        with MPI, ``MPI_Abort`` makes mpirun and srun (PMIx) kill every rank; with Gloo, the exit makes
+        horovodrun kill the others. What this rank says on stderr (one line) and in its log:
+
+        - SIGTERM or SIGINT (:class:`~microcal_hpc.distributed.Peers`): "rank R of N stopped by SIGTERM"
+          (exit 128 + the signal), unless another rank had already ended (then the log only);
+        - another rank ended (Horovod shuts down, connections are lost): the log only, exit 1;
+        - bad input or settings (MicrocalError): its message, with its exit code;
+        - any other exception: one line naming it and the log file, which holds the traceback (exit 1).
+
+        One rank: the exception propagates.
         """
+        if self.size == 1:
+            yield
+            return
+        import horovod.tensorflow as hvd_tf
+
+        peers = Peers(self.rank, hvd_tf.allgather_object(Peers.here()))
+        logger = logger or log
+        abort = self._mpi_abort if self.controller == "mpi" else None
+        where = f"rank {self.rank} of {self.size}"
         try:
             yield
-        except (Exception, KeyboardInterrupt) as e:
-            if self.size == 1:
-                raise
-            logger = logger or log
-            if isinstance(e, MicrocalError):  # bad input or config: one line, as the CLI prints it
-                code = e.exit_code
-                logger.error("rank %d/%d failed; aborting all ranks (exit %d): %s", self.rank, self.size, code, e)
-                print(f"microcal-hpc: error: {e}", file=sys.stderr)
-            else:
-                code = 130 if isinstance(e, KeyboardInterrupt) else 1
-                logger.error("rank %d/%d failed; aborting all ranks (exit %d):\n%s", self.rank, self.size, code,
-                             "".join(traceback.format_exception(e)).rstrip())
-            self._abort(code)
+        except (Exception, KeyboardInterrupt, SignalReceived) as e:
+            signum = signal_number(e)
+            if signum is not None:
+                peers.stop_after_signal(signum, "; stopping every rank", abort)
+            if _another_rank_ended(e) or peers.ended():
+                end_rank(None, 1, note=f"{where}: stopping because another rank ended ({_first_line(e)})")
+            if isinstance(e, MicrocalError):  # bad input or config: one line, as the command line prints it
+                end_rank(f"{where}: {e}", e.exit_code, abort)
+            log_to_file_only(logger.name, f"{where} failed; aborting all ranks:\n"
+                             + "".join(traceback.format_exception(e)).rstrip())
+            end_rank(f"{where} failed: {type(e).__name__}: {_first_line(e)} (traceback in {log_file() or 'the job log'})",
+                     1, abort)
 
-    def _abort(self, code: int) -> None:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if self.controller == "mpi":
-            try:
-                import mpi4py
+    @staticmethod
+    def _mpi_abort(code: int) -> None:
+        """MPI_Abort through mpi4py, which must not initialise or finalise MPI itself (Horovod did)."""
+        import mpi4py
 
-                mpi4py.rc.initialize = False  # Horovod already initialised MPI
-                mpi4py.rc.finalize = False
-                from mpi4py import MPI
+        mpi4py.rc.initialize = False
+        mpi4py.rc.finalize = False
+        from mpi4py import MPI
 
-                MPI.COMM_WORLD.Abort(code)
-            except Exception:  # mpi4py missing or broken: fall back to a plain exit
-                pass
-        os._exit(code)
+        MPI.COMM_WORLD.Abort(code)
+
+
+# how Horovod reports that a peer has gone: its own exception, or TensorFlow's wrapping of it
+_PEER_GONE = ("Horovod has been shut down", "Connection reset by peer", "Connection closed by peer")
+
+
+def _another_rank_ended(e: BaseException) -> bool:
+    from horovod.common.exceptions import HorovodInternalError
+
+    return isinstance(e, HorovodInternalError) or any(text in str(e) for text in _PEER_GONE)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

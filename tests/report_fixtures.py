@@ -12,7 +12,6 @@ hard positives < negatives < 0.5 < positives < hard negatives. Then, at threshol
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from data_prep.readers import pixel_hash  # the packed format's definition (load_split checks it)
 from microcal_hpc.atomic import write_json
 from microcal_hpc.config import Config, load_config
 from microcal_hpc.launcher import records as R
@@ -64,8 +64,6 @@ def known_scores(labels: np.ndarray, f: int, g: int, rng: np.random.Generator) -
     return s
 
 
-def pixel_hash(img: np.ndarray) -> str:
-    return hashlib.sha256(f"{img.shape}".encode() + np.ascontiguousarray(img).tobytes()).hexdigest()
 
 
 def write_packed(path: Path, splits: dict[str, dict[str, Any]]) -> Path:

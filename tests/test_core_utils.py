@@ -1,9 +1,13 @@
 """Atomic outputs, the shared splitter and the shared metrics."""
+import errno
+import signal
+
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from microcal_hpc.atomic import atomic_path, write_json
+from microcal_hpc.atomic import SignalReceived, atomic_path, signal_number, write_failure, write_json
+from microcal_hpc.errors import InputError, OutputError
 from microcal_hpc.dataset import Split
 from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci, paired_bootstrap_auc, summarize
 from microcal_hpc.splits import cv_folds, holdout, split_groups
@@ -20,6 +24,37 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
     write_json(target, {"a": np.float32(1.5), "b": np.arange(2)})
     assert target.read_text().replace(" ", "").replace("\n", "") == '{"a":1.5,"b":[0,1]}'
+
+
+def test_a_failed_write_is_one_output_error_naming_the_output_whatever_library_reports_it(tmp_path):
+    target = tmp_path / "out.npz"
+    with pytest.raises(OutputError) as caught:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+            except OSError:
+                raise ValueError("seek of closed file")  # zipfile, while handling the real failure
+    assert str(caught.value) == f"{target}: cannot write (No space left on device)"
+    assert caught.value.exit_code == 1 and list(tmp_path.iterdir()) == []
+    # TensorFlow's own error type, the reason only in its message
+    tf_like = RuntimeError(f"{tmp_path}/x/part-0.tempstate; No space left on device [Op:SaveV2]")
+    assert write_failure(tf_like) == "No space left on device"
+    # not write failures: an input's problem, an OSError about another file, a signal
+    assert write_failure(InputError("in.h5: damaged (Input/output error)")) is None
+    assert write_failure(OSError(errno.EACCES, "Permission denied", "/data/in.pgm"), tmp_path / "out") is None
+    assert write_failure(SignalReceived(signal.SIGTERM)) is None
+
+
+def test_signal_number_sees_a_signal_behind_the_error_it_caused():
+    try:
+        try:
+            raise SignalReceived(signal.SIGTERM)
+        except SignalReceived:
+            raise AssertionError("Concurrent access?")  # TensorFlow's bookkeeping, broken by the interruption
+    except AssertionError as e:
+        assert signal_number(e) == signal.SIGTERM
+    assert signal_number(KeyboardInterrupt()) == signal.SIGINT and signal_number(ValueError()) is None
 
 
 def _split(groups, labels, pixel_hash=None):

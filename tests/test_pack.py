@@ -251,7 +251,7 @@ def test_failed_pack_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (f"microcal-hpc pack: error: {root}/Test/1/zzzz.pgm: "
                                                  "truncated PGM: 50 of 100 pixel bytes present")
     assert out.stat().st_ino == ino and out.read_bytes() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.h5", "packed.pack.log", "tree"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.h5", "packed.h5.sha256", "packed.pack.log", "tree"]
 
 
 @pytest.mark.timeout(60)
@@ -277,7 +277,7 @@ def test_sigterm_during_pack_removes_the_temporary_and_keeps_the_old_file(tmp_pa
     assert err.strip().splitlines()[-1] == f"microcal-hpc pack: error: {out}: terminated by SIGTERM while packing; nothing written"
     assert "Traceback" not in err
     assert out.read_bytes() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.h5", "packed.pack.log", "tree"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.h5", "packed.h5.sha256", "packed.pack.log", "tree"]
 
 
 # ------------------------------------------------------------------------------------------------

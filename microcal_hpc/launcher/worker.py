@@ -69,8 +69,17 @@ def _mpiexec_command(spec_file: Path, tasks: int) -> list[str]:
     return [mpiexec, "-n", str(tasks), sys.executable, "-m", "microcal_hpc.launcher.worker", str(spec_file)]
 
 
+MPIEXEC_GRACE_SECONDS = 20  # after SIGTERM, how long mpiexec may take to stop its ranks before SIGKILL
+
+
 def _run_under_mpiexec(spec: JobSpec) -> Any:
-    """Re-launch this spec as ``tasks`` MPI ranks and wait; raise if any rank failed."""
+    """Re-launch this spec as ``tasks`` MPI ranks and wait; raise if any rank failed.
+
+    A rank stopped by a signal ends every rank and says so in one line on this job's stderr
+    (microcal_hpc.distributed.Peers); mpiexec then exits with 128 + the signal's number. If this process
+    is stopped itself (SIGTERM, Ctrl-C), mpiexec gets SIGTERM, which it forwards to the ranks (they
+    remove their temporary output), and SIGKILL if it has not ended MPIEXEC_GRACE_SECONDS later.
+    """
     folder = Path(spec.run_dir) / "logs" / "mpi"
     folder.mkdir(parents=True, exist_ok=True)
     spec_file = folder / f"{spec.key}.{os.getpid()}.pkl"
@@ -84,11 +93,29 @@ def _run_under_mpiexec(spec: JobSpec) -> Any:
     cmd = _mpiexec_command(spec_file, spec.tasks)
     print(f"[microcal-hpc] {spec.key}: {' '.join(cmd)}", flush=True)
     try:
-        rc = subprocess.call(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=MPIEXEC_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     finally:
         spec_file.unlink(missing_ok=True)
     if rc != 0:
-        raise RuntimeError(f"{spec.key}: mpiexec -n {spec.tasks} exited with code {rc}")
+        from microcal_hpc.atomic import signal_name
+
+        if rc < 0:
+            why = f" (mpiexec was killed by {signal_name(-rc)})"
+        elif rc > 128:
+            why = f" (a rank was stopped by {signal_name(rc - 128)}; that rank's line is in this job's stderr log)"
+        else:
+            why = ""
+        raise RuntimeError(f"{spec.key}: mpiexec -n {spec.tasks} exited with code {rc}{why}")
     return [str(p) for p in spec.outputs]
 
 

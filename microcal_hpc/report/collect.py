@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -194,15 +196,19 @@ def _strs(a: np.ndarray) -> np.ndarray:
     return np.asarray(a).astype(str)
 
 
-def read_predictions(path: Path, problems: list[str]) -> dict[str, Optional[Predictions]]:
-    """``predictions.npz`` -> {"test": Predictions | None, "val": Predictions | None}."""
-    out: dict[str, Optional[Predictions]] = {"test": None, "val": None}
+def read_predictions(path: Path, problems: list[str]) -> Optional[dict[str, Optional[Predictions]]]:
+    """``predictions.npz`` -> {"test": Predictions | None, "val": Predictions | None}; None when the file
+    cannot be read (truncated or damaged: the job's outputs are incomplete), with the reason in ``problems``."""
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        problems.append(f"{path}: unreadable predictions ({e})")
-        return out
-    with z:
+        return _read_predictions(path, problems)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        problems.append(f"{path}: unreadable predictions ({type(e).__name__}: {e})")
+        return None
+
+
+def _read_predictions(path: Path, problems: list[str]) -> dict[str, Optional[Predictions]]:
+    out: dict[str, Optional[Predictions]] = {"test": None, "val": None}
+    with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
         for part in PREDICTION_SPLITS:
             need = [f"{part}_{f}" for f in ("ids", "labels", "prob")]
@@ -286,6 +292,8 @@ def read_model_run(folder: Path, arm: str, name: str, problems: list[str]) -> tu
     if not ppath.is_file():
         return None, "metrics.json present but predictions.npz missing"
     preds = read_predictions(ppath, local)
+    if preds is None:
+        return None, "; ".join(local)
     run = ModelRun(arm=arm, name=name, path=folder, metrics=metrics, test=preds["test"], val=preds["val"])
     if run.test is None:
         local.append(f"{ppath}: no test predictions")

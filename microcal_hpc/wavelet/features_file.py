@@ -74,8 +74,10 @@ def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], colum
     """
     import h5py
 
+    from microcal_hpc.atomic import h5_output
+
     offsets = {}
-    with h5py.File(path, "w") as f:
+    with h5_output(path) as f:
         names = f.create_group("feature_names")
         for name, cols in columns.items():
             names.create_dataset(name, data=np.asarray(cols, dtype=object), dtype=h5py.string_dtype(), track_times=False)
@@ -95,9 +97,9 @@ def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], colum
 
 def finish(path: str | os.PathLike, attrs: dict) -> None:
     """Add the settings attributes and the 'complete' flag to a features file whose rows are all written."""
-    import h5py
+    from microcal_hpc.atomic import h5_output
 
-    with h5py.File(path, "r+") as f:
+    with h5_output(path, "r+") as f:
         for key, value in attrs.items():
             f.attrs[key] = value
         f.attrs["complete"] = True

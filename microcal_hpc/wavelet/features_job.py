@@ -13,17 +13,19 @@ def log_path_for(out: str | Path) -> Path:
     return Path(out).with_suffix(".log")
 
 
-def features_job(cfg, data: str, out: str, force: bool = False, summary: dict | None = None) -> str:
+def features_job(cfg, data: str, out: str, force: bool = False, summary: dict | None = None,
+                 verify: bool | None = None) -> str:
     """Compute the wavelet features of the packed file ``data`` into ``out``; return ``out``.
 
     Collective when launched with several MPI ranks (every rank calls it). ``summary``, if given,
-    receives the run summary (timings, ranks, per-rank peak memory on rank 0).
+    receives the run summary (timings, ranks, per-rank peak memory on rank 0). ``verify``: check the
+    packed file's checksum and pixel hashes (None: when cheap; see extract_to_file).
     """
-    from microcal_hpc.joblog import setup_job_logging
-    from microcal_hpc.distributed import launcher_rank
-    from microcal_hpc.wavelet.mpi_features import PeerFailed, extract_to_file, get_comm
-
     import logging
+
+    from microcal_hpc.distributed import launcher_rank
+    from microcal_hpc.joblog import log_to_file_only, setup_job_logging
+    from microcal_hpc.wavelet.mpi_features import PeerFailed, extract_to_file, get_comm
 
     root = launcher_rank() == 0
     log = None
@@ -35,23 +37,13 @@ def features_job(cfg, data: str, out: str, force: bool = False, summary: dict | 
     else:  # other ranks: no log file, warnings only
         setup_job_logging(None, name="microcal.wavelet.features", level=logging.WARNING)
     try:
-        result = extract_to_file(cfg.wavelet, data, out, comm=get_comm(), force=force)
+        result = extract_to_file(cfg.wavelet, data, out, comm=get_comm(), force=force, verify=verify)
     except PeerFailed:
         raise
     except Exception as e:
-        if log is not None:
-            _log_to_file_only(log.name, f"failed: {e}")
+        if log is not None:  # the console line comes from the command line's error report
+            log_to_file_only(log.name, f"failed: {e}")
         raise
     if summary is not None:
         summary.update(result)
     return str(out)
-
-
-def _log_to_file_only(name: str, message: str) -> None:
-    """Record a failure in the job's log file; the console line comes from the command line's error report."""
-    import logging
-
-    record = logging.LogRecord(name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger("microcal").handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)

@@ -27,6 +27,14 @@ Errors
     :class:`PeerFailed`, which the command line turns into a silent non-zero exit. No rank waits
     forever in a collective, and the output is written under a temporary name and renamed only at the end.
 
+Signals
+    SIGTERM or SIGINT to one rank (``kill``, a time limit, Ctrl-C): that rank unwinds (rank 0 removes the
+    temporary output), says so in one line and exits with 128 + the signal's number at once, without
+    MPI_Finalize (which would wait for the others); mpiexec, or srun with ``--kill-on-bad-exit``, then
+    stops the other ranks with SIGTERM, and they end quietly (:class:`~microcal_hpc.distributed.Peers`).
+    A rank killed outright (SIGKILL) is named by the launcher; rank 0's temporary output is then removed
+    by the next run (:func:`~microcal_hpc.atomic.remove_stale_temporaries`).
+
 Launching
     ``mpiexec -n N microcal-hpc wavelet-features ...`` or ``srun`` with N tasks; a plain process (no MPI
     launcher) runs serially without importing mpi4py.
@@ -43,9 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
-from microcal_hpc.atomic import SignalReceived, atomic_path, sigterm_raises
-from microcal_hpc.dataset import SPLITS, open_packed
-from microcal_hpc.errors import ConfigError, InputError, MicrocalError, Terminated
+from microcal_hpc.atomic import (SignalReceived, atomic_path, remove_stale_temporaries, signal_name, signal_number,
+                                 sigterm_raises)
+from microcal_hpc.dataset import DAMAGE_ERRORS, SPLITS, cheap_to_verify, open_packed, verify_pixels
+from microcal_hpc.distributed import Peers
+from microcal_hpc.errors import ConfigError, InputError, MicrocalError, OutputError, Terminated, os_reason
 from microcal_hpc.wavelet import features_file
 from microcal_hpc.wavelet.matrix_dwt import TILE
 from microcal_hpc.wavelet.transform import (check_feature_sets, check_keep_levels, feature_set_columns,
@@ -143,20 +153,18 @@ class _Agreement:
         """Collective. Return if no rank failed; otherwise raise on every rank (see module docstring)."""
         if not self._any_failed(error is not None):
             return
-        summary = None if error is None else (type(error).__name__, str(error), isinstance(error, MicrocalError),
-                                             isinstance(error, ConfigError))
+        summary = None if error is None else (type(error).__name__, str(error), isinstance(error, MicrocalError))
         reports = self.comm.gather(summary, root=0)
         if self.rank != 0:
             raise PeerFailed(f"rank {self.rank}: stopped because a rank failed (rank 0 reports the error)")
         if error is not None:
             raise error
         first = next(r for r, s in enumerate(reports) if s is not None)
-        name, message, expected, is_config = reports[first]
+        name, message, expected = reports[first]
         where = f" (on rank {first} of {self.size})"
-        if is_config:
-            raise ConfigError(message + where)
-        if expected:
-            raise InputError(message + where)
+        if expected:  # the same one-line error, with its exit code
+            kind = {cls.__name__: cls for cls in (ConfigError, OutputError)}.get(name, InputError)
+            raise kind(message + where)
         raise RuntimeError(f"{name}: {message}{where}")
 
 
@@ -237,20 +245,33 @@ def _describe_settings(wcfg) -> str:
 
 
 def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=None, force: bool = False,
-                    progress_every: float = 10.0) -> dict:
+                    verify: bool | None = None, progress_every: float = 10.0) -> dict:
     """Compute the wavelet features of every image of ``data`` into ``out``; collective over ``comm``.
 
+    ``verify``: check the packed file's whole-file checksum (rank 0) and every image read against its
+    pixel hash (None: only when the file is small enough for this to be cheap, dataset.cheap_to_verify).
     Returns a run summary (identical keys on every rank; timings and memory are gathered on rank 0):
     status (written | up to date), ranks, images, seconds, images_per_second, peak_rss_mb_per_rank.
+
+    A signal that stops one rank (SIGTERM, SIGINT) stops every rank: see :class:`Peers`.
     """
+    comm = comm if comm is not None else get_comm()
+    peers = Peers(comm.Get_rank(), comm.allgather(Peers.here()) if comm.Get_size() > 1 else [Peers.here()])
+    if comm.Get_rank() == 0:
+        remove_stale_temporaries(Path(out).parent)  # left by a killed run, even if the output is up to date
     try:
         with sigterm_raises():
-            return _extract(wcfg, data, out, comm if comm is not None else get_comm(), force, progress_every)
-    except SignalReceived:
-        raise Terminated(f"{out}: terminated by SIGTERM; nothing written") from None
+            return _extract(wcfg, data, out, comm, force, verify, progress_every)
+    except (SignalReceived, KeyboardInterrupt) as e:
+        signum = signal_number(e)
+        if peers.size > 1:  # not MPI_Abort: srun would SIGKILL rank 0 before it removes the temporary output
+            peers.stop_after_signal(signum, f"; every rank stops, {out} not written")
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise Terminated(f"{out}: terminated by {signal_name(signum)}; nothing written", signum) from None
 
 
-def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
+def _extract(wcfg, data, out, comm, force: bool, verify: bool | None, progress_every: float) -> dict:
     agree = _Agreement(comm)
     rank, size = agree.rank, agree.size
     t0 = time.perf_counter()
@@ -266,12 +287,14 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise InputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+                raise OutputError(f"{out}: cannot create the output folder ({os_reason(e)})") from None
         if wcfg.dtype not in ("float64", "float32"):
             raise ConfigError(f"wavelet.dtype must be float64 or float32; got {wcfg.dtype!r}")
         if int(wcfg.chunk_size) < 1:
             raise ConfigError(f"wavelet.chunk_size must be > 0, got {wcfg.chunk_size}")
-        packed = open_packed(data)
+        if verify is None:
+            verify = cheap_to_verify(data)
+        packed = open_packed(data, verify=verify and rank == 0)
         shape = tuple(int(s) for s in packed.attrs["image_shape"])
         counts = {s: int(packed[s]["images"].shape[0]) for s in SPLITS}
         for s in SPLITS:
@@ -361,7 +384,7 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
     writer = _BackgroundWriter(timers)
     try:
         agree.check(err[0] if err else None)
-        images = _read_piece(packed, data, plans[rank][0], timers, err) if plans[rank] else None
+        images = _read_piece(packed, data, plans[rank][0], verify, timers, err) if plans[rank] else None
         for k in range(rounds):
             piece = plans[rank][k] if k < len(plans[rank]) else None
             bufs = buffers[k % 2]
@@ -377,9 +400,9 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
                 agree.check(err[0] if err else None)
                 timers["wait"] += time.perf_counter() - t
             if k + 1 < len(plans[rank]):
-                images = _read_piece(packed, data, plans[rank][k + 1], timers, err)
+                images = _read_piece(packed, data, plans[rank][k + 1], verify, timers, err)
             if piece is not None and not err:
-                writer.submit(_write_piece, fd, layout["offsets"], bufs, piece)
+                writer.submit(_write_piece, out, fd, layout["offsets"], bufs, piece)
             if rank == 0:
                 done += sum(len(p[k]) for p in plans if k < len(p))
                 elapsed = time.perf_counter() - t0
@@ -431,13 +454,18 @@ def _extract(wcfg, data, out, comm, force: bool, progress_every: float) -> dict:
     return summary
 
 
-def _read_piece(packed, data: Path, piece: Piece, timers: dict, err: list) -> np.ndarray | None:
-    """The images of one piece (uint8), or None with the error appended to ``err``."""
+def _read_piece(packed, data: Path, piece: Piece, verify: bool, timers: dict, err: list) -> np.ndarray | None:
+    """The images of one piece (uint8), checked against their pixel hashes if ``verify``, or None with the
+    error appended to ``err``."""
     t = time.perf_counter()
     with _capture(err):
         try:
-            return packed[piece.split]["images"][piece.start:piece.stop]
-        except (OSError, ValueError) as e:
+            g = packed[piece.split]
+            images = g["images"][piece.start:piece.stop]
+            if verify:
+                verify_pixels(data, piece.split, images, g["pixel_hash"].asstr()[piece.start:piece.stop], piece.start)
+            return images
+        except DAMAGE_ERRORS as e:
             raise InputError(f"{data}: cannot read /{piece.split}/images[{piece.start}:{piece.stop}] ({e})") from None
         finally:
             timers["read"] += time.perf_counter() - t
@@ -496,14 +524,17 @@ class _BackgroundWriter:
         self._pool.shutdown(wait=True)
 
 
-def _write_piece(fd: int, offsets: dict, bufs: dict[str, np.ndarray], piece: Piece) -> None:
+def _write_piece(out: Path, fd: int, offsets: dict, bufs: dict[str, np.ndarray], piece: Piece) -> None:
     """Write the rows of ``piece`` of every feature set at their byte offsets in the output file."""
     for name, buf in bufs.items():
         rows = buf[:len(piece)]
         at = offsets[(piece.split, name)] + piece.start * rows.strides[0]
         view = memoryview(rows).cast("B")
         while view:  # pwrite may write less than asked
-            written = os.pwrite(fd, view, at)
+            try:
+                written = os.pwrite(fd, view, at)
+            except OSError as e:
+                raise OutputError(f"{out}: cannot write ({os_reason(e)})") from None
             view, at = view[written:], at + written
 
 
