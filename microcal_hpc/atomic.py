@@ -149,6 +149,28 @@ def write_failure(exc: BaseException, path: str | os.PathLike | None = None) -> 
     return None
 
 
+def require_free_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise OutputError naming ``path`` when its file system has fewer than ``nbytes`` free bytes.
+
+    For outputs whose size is known before writing (the features file): HDF5 can crash the process
+    (segmentation fault) when the disk fills in the middle of some operations (copying datasets), so
+    a file that cannot fit is refused before HDF5 touches it.
+    """
+    folder = Path(path).parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return  # nothing to check against; writing will report the problem
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes:
+        raise OutputError(f"{path}: cannot write ({os.strerror(errno.ENOSPC)}: about {_mb(nbytes)} needed, "
+                          f"{_mb(free)} free)")
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MB"
+
+
 @contextlib.contextmanager
 def h5_output(path: str | os.PathLike, mode: str = "w"):
     """``h5py.File(path, mode)`` for writing a temporary output, closed so that a failure cannot crash the process.

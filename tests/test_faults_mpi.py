@@ -139,7 +139,8 @@ def test_the_launcher_reports_a_rank_stopped_by_a_signal(packed_synthetic, tmp_p
     out = tmp_path / "run" / "wavelet" / "features.h5"
     cfg = Config()
     cfg.wavelet.chunk_size = 2
-    spec = JobSpec(key="wavelet-features", stage="wavelet", name="features", job_type="wavelet_features",
+    spec = JobSpec(key="wavelet-features", stage="wavelet", name="features", kind="wavelet-features",
+                   job_type="wavelet_features",
                    function="slow_ranks:features_job", config=cfg, args=(str(packed_synthetic), str(out)),
                    outputs=(str(out),), tasks=2, run_dir=str(tmp_path / "run"))
     failure: list[BaseException] = []

@@ -95,6 +95,15 @@ def create_layout(path: str | os.PathLike, packed, counts: dict[str, int], colum
     return offsets
 
 
+def layout_bytes(packed, counts: dict[str, int], columns: dict[str, list[str]], dtype: np.dtype) -> int:
+    """A generous estimate of the size of the file :func:`create_layout` makes: the feature rows, the copied
+    metadata (as stored in the packed file), the column names, and 1 MB for HDF5's own structures."""
+    rows = sum(counts[split] * len(cols) for split in SPLITS for cols in columns.values()) * np.dtype(dtype).itemsize
+    meta = sum(packed[split][name].id.get_storage_size() for split in SPLITS for name in META_FIELDS)
+    names = sum(len(c) + 16 for cols in columns.values() for c in cols)
+    return int(rows + meta + names + 2**20)
+
+
 def finish(path: str | os.PathLike, attrs: dict) -> None:
     """Add the settings attributes and the 'complete' flag to a features file whose rows are all written."""
     from microcal_hpc.atomic import h5_output

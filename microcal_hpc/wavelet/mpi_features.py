@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from microcal_hpc.atomic import (SignalReceived, atomic_path, remove_stale_temporaries, signal_name, signal_number,
-                                 sigterm_raises)
+from microcal_hpc.atomic import (SignalReceived, atomic_path, remove_stale_temporaries, require_free_space,
+                                 signal_name, signal_number, sigterm_raises)
 from microcal_hpc.dataset import DAMAGE_ERRORS, SPLITS, cheap_to_verify, open_packed, verify_pixels
 from microcal_hpc.distributed import Peers
 from microcal_hpc.errors import ConfigError, InputError, MicrocalError, OutputError, Terminated, os_reason
@@ -354,6 +354,8 @@ def _extract(wcfg, data, out, comm, force: bool, verify: bool | None, progress_e
     layout = None
     with _capture(err):
         if rank == 0:
+            # HDF5 can crash when the disk fills while it copies the metadata: refuse a file that cannot fit
+            require_free_space(out, features_file.layout_bytes(packed, counts, columns, dtype))
             tmp = stack.enter_context(atomic_path(out))
             layout = {"path": str(tmp), "offsets": features_file.create_layout(tmp, packed, counts, columns, dtype)}
     if err:
