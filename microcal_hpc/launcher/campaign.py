@@ -12,7 +12,7 @@ from typing import Optional, TextIO
 
 from microcal_hpc.config import Config
 from microcal_hpc.errors import ConfigError
-from microcal_hpc.launcher import executors, records, status
+from microcal_hpc.launcher import executors, local, locks, records, status
 from microcal_hpc.launcher.plan import JobSpec, Plan, build_plan, packed_path, resolve_paths, selection
 
 
@@ -73,12 +73,11 @@ def _report_html(plan: Plan) -> Path:
 
 def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Optional[str] = None,
                     dry_run: bool = False, out: Optional[TextIO] = None) -> int:
-    """Plan and run/submit a campaign; return the exit code (local/debug: 1 when a job failed)."""
-    out = out or sys.stdout
+    """Plan and run/submit a campaign; return the exit code (local/debug: 1 when a job failed).
 
-    def say(msg: str = "") -> None:
-        print(msg, file=out, flush=True)
-
+    A run directory has one launcher: except for a dry run, this holds ``RUN/launcher.lock`` until it
+    returns, and refuses (:class:`~microcal_hpc.launcher.locks.Busy`, naming the holder's host and pid)
+    when a live launcher holds it."""
     executor = executor or cfg.campaign.executor
     if executor not in ("slurm", "local", "debug"):
         raise ConfigError(f"executor must be slurm, local or debug; got {executor!r}")
@@ -86,6 +85,18 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
     if not dry_run and "pack" in plan.keys() and not Path(cfg.data.root).is_dir():
         # fail before anything is submitted, not in the first job
         raise ConfigError(f"{cfg.data.root}: image folder not found (data.root; the tree ROOT/{{Train,Test}}/{{0,1}})")
+    if dry_run:
+        return _submit_planned(cfg, run, plan, executor, dry_run, out or sys.stdout)
+    with locks.hold_run_dir(run):
+        return _submit_planned(cfg, run, plan, executor, dry_run, out or sys.stdout)
+
+
+def _submit_planned(cfg: Config, run: str, plan: Plan, executor: str, dry_run: bool, out: TextIO) -> int:
+    """The rest of :func:`submit_campaign`: what is complete or still running, then print, submit or run."""
+
+    def say(msg: str = "") -> None:
+        print(msg, file=out, flush=True)
+
     complete = {s.key for s in plan if s.is_complete()}
     active = _active_jobs(run) if Path(run, "jobs").is_dir() else {}
     if active and executor != "slurm":
@@ -110,7 +121,7 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
                 say(f"\n# ---- sbatch for {label}" + (f" (array of {len(unit)})" if len(unit) > 1 else ""))
                 say(executors.render_sbatch(cfg, unit, run, dep))
         elif executor == "local":
-            say(f"\nlocal executor: at most {executors.default_max_parallel(cfg)} job(s) at once, in this order")
+            say(f"\nlocal executor: {local.concurrency_text(cfg)}, in this order")
         say("\ndry run: nothing submitted")
         return 0
     if not todo and active:
@@ -138,9 +149,9 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
         return 0
 
     if executor == "local":
-        states = executors.run_local(cfg, plan, todo, out=out)
+        states = local.run_local(cfg, plan, todo, out=out)
     else:
-        states = executors.run_debug(cfg, plan, todo, out=out)
+        states = local.run_debug(cfg, plan, todo, out=out)
     records.mark_manifest_ended(run)
     return _summarize_local(run, plan, states, say)
 
