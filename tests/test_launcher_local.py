@@ -32,7 +32,8 @@ needs_two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="n
 
 TINY = ["train.epochs=1", "train.folds=2", "campaign.cv_folds=2", "campaign.augment_presets=[flips]",
         "classify.classifiers=[lr,nb]", "classify.folds=2", "report.bootstrap=200", "campaign.max_parallel=2",
-        "campaign.poll_seconds=0.5", "campaign.resources.train.cpus_per_task=1"]
+        "campaign.poll_seconds=0.5"]
+ONE_CORE_TRAINING = [*TINY, "campaign.resources.train.cpus_per_task=1"]  # two training jobs at once on 2 cores
 
 
 def job_env(**extra: str) -> dict[str, str]:
@@ -50,8 +51,8 @@ def submit_args(root: Path, run: Path, executor: str, settings=()) -> list[str]:
     return args
 
 
-def microcal(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs", *args], env=job_env(), capture_output=True, text=True,
+def microcal(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -60,9 +61,9 @@ def explain(run: Path, proc: subprocess.CompletedProcess | None = None) -> str:
     parts = []
     if proc is not None:
         parts += [f"exit code {proc.returncode}", "--- stdout", proc.stdout[-6000:], "--- stderr", proc.stderr[-4000:]]
-    status = microcal(["status", "--run-dir", str(run)], 60)
+    status = microcal(["status", "--run-dir", str(run)], job_env(), 60)
     parts += ["--- status", status.stdout, status.stderr]
-    for key, rec in records_of(run).items():
+    for key, rec in records(run).items():
         if rec.get("state") != "COMPLETED":
             for field in ("log_err", "log_out", "job_log"):
                 p = rec.get(field)
@@ -71,7 +72,7 @@ def explain(run: Path, proc: subprocess.CompletedProcess | None = None) -> str:
     return "\n".join(parts)
 
 
-def records_of(run: Path) -> dict[str, dict]:
+def records(run: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((run / "jobs").glob("*.json"))}
 
 
@@ -100,7 +101,7 @@ def run_here(tmp_path: Path, packed: Path, settings: list[str], keys: list[str],
     plan = build_plan(cfg, tmp_path / name)
     out = io.StringIO()
     states = local.run_local(cfg, plan, [plan.get(k) for k in keys], out=out)
-    return states, records_of(tmp_path / name), out.getvalue()
+    return states, records(tmp_path / name), out.getvalue()
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ def test_a_job_is_stopped_at_its_time_limit(make_tree, tmp_path, repo_on_path, m
     plan = build_plan(cfg, tmp_path / "run")
     out = io.StringIO()
     states = local.run_local(cfg, plan, [plan.get("pack"), plan.get("cnn-official")], out=out)
-    rec = records_of(tmp_path / "run")["cnn-official"]
+    rec = records(tmp_path / "run")["cnn-official"]
     assert states == {"pack": "COMPLETED", "cnn-official": "TIMEOUT"}, out.getvalue()
     assert "time limit" in rec["error"] and "campaign.resources.train.time_min" in rec["error"]
     assert not locks.pid_alive(rec["job_id"])
@@ -229,7 +230,7 @@ def test_second_submit_is_refused_and_ctrl_c_stops_every_job(make_tree, tmp_path
     try:
         wait_for(_training_started(run, ["official", "augment-flips"]), 150, "both training jobs to save an epoch")
         second = microcal(["submit", "--executor", "local", "--run-dir", str(run)]
-                          + [a for s in settings for a in ("--set", s)], 120)
+                          + [a for s in settings for a in ("--set", s)], job_env(), 120)
         assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
         assert f"another launcher is working on this run directory (pid {launcher.pid} on host " \
                f"{socket.gethostname()}" in second.stderr
@@ -242,7 +243,7 @@ def test_second_submit_is_refused_and_ctrl_c_stops_every_job(make_tree, tmp_path
     assert launcher.returncode == 130, stderr
     assert stderr.splitlines() == ["microcal-hpc submit: error: interrupted by SIGINT: 2 running job(s) stopped "
                                    "(INTERRUPTED), 1 not started (CANCELLED); run the same command again to resume"]
-    recs = records_of(run)
+    recs = records(run)
     assert {k: r["state"] for k, r in recs.items()} == {
         "pack": "COMPLETED", "cnn-official": "INTERRUPTED", "cnn-augment-flips": "INTERRUPTED", "aggregate": "CANCELLED"}
     for key in ("cnn-official", "cnn-augment-flips"):
@@ -262,7 +263,7 @@ def test_jobs_die_with_a_killed_launcher_and_an_immediate_rerun_resumes(make_tre
     launcher = _start_submit(root, run, settings)
     try:
         wait_for(_training_started(run, ["official"]), 150, "the training job to save an epoch")
-        job_pid = records_of(run)["cnn-official"]["pid"]
+        job_pid = records(run)["cnn-official"]["pid"]
     finally:
         launcher.kill()  # SIGKILL: the launcher cannot clean up anything itself
         launcher.communicate()
@@ -274,7 +275,7 @@ def test_jobs_die_with_a_killed_launcher_and_an_immediate_rerun_resumes(make_tre
     states = local.run_local(cfg, plan, [plan.get("cnn-official")], out=out)
     assert states == {"cnn-official": "COMPLETED"}, out.getvalue() + explain(run)
     assert not locks.pid_alive(job_pid)
-    rec = records_of(run)["cnn-official"]
+    rec = records(run)["cnn-official"]
     assert rec["history"][-1]["state"] == "INTERRUPTED" and rec["pid"] != job_pid
     assert "resuming after epoch" in (run / "cnn" / "official" / "train.log").read_text()
     assert (run / "cnn" / "official" / "metrics.json").is_file() and not temporary_files(run)
@@ -293,10 +294,10 @@ def test_local_campaign_failure_then_resume(real_root, tmp_path):
     (run / "cnn").mkdir(parents=True)
     (run / "cnn" / "fold-1").write_text("in the way")  # cnn/fold-1 cannot create its folder: it fails for real
     t0 = time.time()
-    proc = microcal(submit_args(real_root, run, "local", TINY), 540)
+    proc = microcal(submit_args(real_root, run, "local", ONE_CORE_TRAINING), job_env(), 540)
     first_s = time.time() - t0
     assert proc.returncode == 1, explain(run, proc)
-    recs = records_of(run)
+    recs = records(run)
     failed = recs["cnn-fold-1"]
     assert failed["state"] == "FAILED" and "fold-1" in failed["error"], explain(run, proc)
     # the failing job's log path is printed, and it holds the error
@@ -322,11 +323,11 @@ def test_local_campaign_failure_then_resume(real_root, tmp_path):
     # resume: only the failed job and the report run again
     (run / "cnn" / "fold-1").unlink()
     t1 = time.time()
-    proc2 = microcal(submit_args(real_root, run, "local", TINY), 300)
+    proc2 = microcal(submit_args(real_root, run, "local", ONE_CORE_TRAINING), job_env(), 300)
     second_s = time.time() - t1
     assert proc2.returncode == 0, explain(run, proc2)
     assert "8 complete, 0 still running, 2 to run" in proc2.stdout, proc2.stdout  # the old report counts
-    recs2 = records_of(run)
+    recs2 = records(run)
     rerun = {k for k in recs2 if recs2[k]["job_id"] != recs[k]["job_id"]}
     assert rerun == {"cnn-fold-1", "aggregate"}
     assert all(r["state"] == "COMPLETED" for r in recs2.values())
@@ -336,8 +337,8 @@ def test_local_campaign_failure_then_resume(real_root, tmp_path):
 
     # debug executor: in-process, only what is missing (the report)
     (run / "report" / "report.html").unlink()
-    proc3 = microcal(submit_args(real_root, run, "debug", TINY), 300)
+    proc3 = microcal(submit_args(real_root, run, "debug", ONE_CORE_TRAINING), job_env(), 300)
     assert proc3.returncode == 0, explain(run, proc3)
     assert "8 complete, 0 still running, 1 to run" in proc3.stdout
-    assert records_of(run)["aggregate"]["executor"] == "debug" and (run / "report" / "report.html").is_file()
+    assert records(run)["aggregate"]["executor"] == "debug" and (run / "report" / "report.html").is_file()
     print(f"\nlocal executor: tiny campaign {first_s:.1f} s (one job failing), resume {second_s:.1f} s")

@@ -31,7 +31,7 @@ from typing import Optional, TextIO
 from microcal_hpc.config import Config
 from microcal_hpc.errors import MicrocalError
 from microcal_hpc.launcher import locks, records
-from microcal_hpc.launcher.cores import Allocator, cpu_list_text
+from microcal_hpc.launcher.cores import Allocator, Allotment, cpu_list_text
 from microcal_hpc.launcher.job_process import JobProcess
 from microcal_hpc.launcher.plan import JobSpec, Plan
 
@@ -74,14 +74,15 @@ def deps_ready(spec: JobSpec, states: dict[str, str]) -> Optional[bool]:
 
 
 class _Wakeup:
-    """While active (main thread only): SIGINT and SIGTERM are noted in ``signum`` instead of raising,
-    and they or the end of a child process (SIGCHLD) wake :meth:`wait` at once."""
+    """While active (main thread only): SIGINT and SIGTERM are noted in ``signum`` instead of raising
+    (a third one raises KeyboardInterrupt, should the launcher be stuck), and they or the end of a
+    child process (SIGCHLD) wake :meth:`wait` at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
-        self.repeated = False  # a second stop signal arrived
+        self.count = 0  # stop signals so far
         self._active = threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> "_Wakeup":
@@ -96,8 +97,15 @@ class _Wakeup:
     def _note(self, signum: int, frame) -> None:
         if signum == signal.SIGCHLD:
             return
-        self.repeated = self.signum is not None
+        self.count += 1
         self.signum = self.signum or signum
+        if self.count >= 3:
+            raise KeyboardInterrupt
+
+    @property
+    def repeated(self) -> bool:
+        """A second stop signal arrived (kill the jobs at once)."""
+        return self.count > 1
 
     def wait(self, timeout: float) -> None:
         if not self._active:
@@ -169,6 +177,8 @@ class _LocalRun:
             self._reap()
             self._start_ready()
             self._enforce_time_limits()
+            if self.pending and not self.running:  # cannot happen with a plan in dependency order
+                raise RuntimeError(f"local executor: nothing runs and {self.pending[0].key} cannot start")
             if self.running:
                 self.wake.wait(self.cfg.campaign.poll_seconds)
 
@@ -220,7 +230,7 @@ class _LocalRun:
             self.pending.remove(spec)
             self._start(spec, allotment)
 
-    def _start(self, spec: JobSpec, allotment) -> None:
+    def _start(self, spec: JobSpec, allotment: Allotment) -> None:
         process = JobProcess(spec, allotment)
         now = time.monotonic()
         limit_s = self.cfg.resources(spec.job_type).time_min * 60
@@ -256,13 +266,13 @@ class _LocalRun:
     def _outcome(self, job: _Running, rc: int) -> tuple[str, Optional[str]]:
         """(state, error) of a job process that ended with exit code ``rc``."""
         rec = records.read_record(self.run_dir, job.spec.key)
+        if rc == 0:  # done before it could act on a stop
+            return "COMPLETED", None
         if job.stopped_for == "TIMEOUT":
             res = f"campaign.resources.{job.spec.job_type}.time_min"
             return "TIMEOUT", f"stopped at its time limit ({self.cfg.resources(job.spec.job_type).time_min} min, {res})"
         if job.stopped_for == "INTERRUPTED":
             return "INTERRUPTED", f"stopped: {self.stop_reason}"
-        if rc == 0:
-            return "COMPLETED", None
         if rec.get("pid") == job.process.pid and rec.get("state") in records.TERMINAL:
             return rec["state"], rec.get("error")  # the job's own account
         if rc < 0:
@@ -301,9 +311,11 @@ class _LocalRun:
         self.stop_reason = why
         stopped = list(self.running.values())
         for job in stopped:
-            self._tell_to_stop(job, "INTERRUPTED")
+            if job.stopped_for is None:  # (one already stopping at its time limit stays TIMEOUT)
+                self._tell_to_stop(job, "INTERRUPTED")
+        kill_at = min((job.kill_at for job in stopped), default=0.0)
         while self.running:
-            if self.wake.repeated or time.monotonic() >= stopped[0].kill_at:
+            if self.wake.repeated or time.monotonic() >= kill_at:
                 for job in self.running.values():
                     job.process.kill()
             self._reap()

@@ -316,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _pin_rank()
     spec = pickle.loads(Path(argv[0]).read_bytes())
-    _call(spec)
+    try:
+        _call(spec)
+    except MicrocalError as e:
+        print(f"[microcal-hpc] {spec.key}, rank {_world()[0]}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     return 0
 
 
