@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -198,6 +199,68 @@ def test_a_job_is_stopped_at_its_time_limit(make_tree, tmp_path, repo_on_path, m
     assert "time limit" in rec["error"] and "campaign.resources.train.time_min" in rec["error"]
     assert not locks.pid_alive(rec["job_id"])
     assert not temporary_files(tmp_path / "run")
+
+
+def probe_specs(run: Path, cfg, names: list[str], seconds: str = "60", **kw) -> list[JobSpec]:
+    """Jobs of 1 core (job type pack) that sleep (tests/launcher_probe.py)."""
+    return [JobSpec(key=n, stage="probe", name=n, job_type="pack", function="launcher_probe:sleep", config=cfg,
+                    args=(seconds,), outputs=(), run_dir=str(run), **kw) for n in names]
+
+
+def signal_when(condition, sig: int) -> threading.Thread:
+    """Send ``sig`` to this process once ``condition()`` holds (from a thread; the main thread handles it)."""
+    def watch():
+        wait_for(condition, 120, "the jobs to start")
+        os.kill(os.getpid(), sig)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@needs_two_cores
+@pytest.mark.timeout(120)
+def test_sigterm_to_the_launcher_stops_its_jobs_and_cancels_the_rest(tmp_path, repo_on_path, two_cores):
+    cfg = load_config(overrides=["campaign.poll_seconds=0.2"])
+    specs = probe_specs(tmp_path, cfg, ["a", "b", "c"])  # 1 core each: a and b run, c waits
+    running = lambda: all(records(tmp_path).get(k, {}).get("state") == "RUNNING" for k in ("a", "b"))
+    signal_when(running, signal.SIGTERM)
+    with pytest.raises(local.Interrupted) as stopped:
+        local.run_local(cfg, Plan(run_dir=str(tmp_path)), specs, out=io.StringIO())
+    assert stopped.value.exit_code == 143
+    assert str(stopped.value) == ("interrupted by SIGTERM: 2 running job(s) stopped (INTERRUPTED), 1 not started "
+                                  "(CANCELLED); run the same command again to resume")
+    recs = records(tmp_path)
+    assert {k: r["state"] for k, r in recs.items()} == {"a": "INTERRUPTED", "b": "INTERRUPTED", "c": "CANCELLED"}
+    assert not any(locks.pid_alive(recs[k]["pid"]) for k in ("a", "b"))
+    assert (tmp_path / "logs" / "local" / "a.err").read_text().splitlines()[-1] == "[microcal-hpc] a: stopped by SIGTERM"
+
+
+@pytest.mark.timeout(120)
+def test_a_job_killed_from_outside_fails_and_its_dependents_are_skipped(tmp_path, repo_on_path):
+    cfg = load_config(overrides=["campaign.poll_seconds=0.2"])
+    first = probe_specs(tmp_path, cfg, ["first"])
+    after = probe_specs(tmp_path, cfg, ["after"], depends_on=("first",))
+    threading.Thread(target=lambda: (wait_for(lambda: records(tmp_path).get("first", {}).get("pid"), 120, "first"),
+                                     os.kill(records(tmp_path)["first"]["pid"], signal.SIGKILL)), daemon=True).start()
+    out = io.StringIO()
+    states = local.run_local(cfg, Plan(run_dir=str(tmp_path)), first + after, out=out)
+    assert states == {"first": "FAILED", "after": "SKIPPED"}, out.getvalue()
+    recs = records(tmp_path)
+    assert recs["first"]["error"] == "killed by SIGKILL" and recs["after"]["error"] == "not run: dependency first did not complete"
+
+
+@pytest.mark.timeout(120)
+def test_a_closed_output_does_not_stop_the_campaign(tmp_path, repo_on_path):
+    class ClosedAfterOneLine(io.StringIO):
+        def write(self, text):
+            if self.getvalue():
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    cfg = load_config(overrides=["campaign.poll_seconds=0.2"])
+    states = local.run_local(cfg, Plan(run_dir=str(tmp_path)), probe_specs(tmp_path, cfg, ["a", "b"], "0.1"),
+                             out=ClosedAfterOneLine())
+    assert states == {"a": "COMPLETED", "b": "COMPLETED"}
 
 
 # ----------------------------------------------------------------------------------------------

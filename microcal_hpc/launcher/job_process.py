@@ -12,6 +12,9 @@ It is started:
   the job gets SIGTERM and stops (the worker passes the signal on to its process group).
 
 :meth:`JobProcess.stop` sends SIGTERM to the job; :meth:`kill` sends SIGKILL to its whole process group.
+Inside the job, :func:`run_job` turns SIGTERM/SIGINT into an orderly stop: the signal is passed on to
+the job's process group (mpiexec ends its ranks), then the job unwinds (temporary outputs removed,
+record INTERRUPTED) and exits with 128 + the signal and one line on stderr.
 """
 from __future__ import annotations
 
@@ -21,14 +24,19 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Any, Callable, Optional
 
+from microcal_hpc.atomic import SignalReceived
+from microcal_hpc.errors import MicrocalError
 from microcal_hpc.launcher import records
 from microcal_hpc.launcher.cores import Allotment
 from microcal_hpc.launcher.plan import JobSpec
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+GROUP_EXIT_WAIT_S = 10.0  # how long a stopped job waits for the rest of its process group (mpiexec ...) to end
 
 
 def log_paths(run_dir: str | os.PathLike, key: str) -> tuple[Path, Path]:
@@ -121,3 +129,74 @@ class JobProcess:
             os.killpg(self.popen.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# ----------------------------------------------------------------------------------------------
+# inside the job process (python -m microcal_hpc.launcher.worker --job KEY)
+
+
+class JobSignal(SignalReceived):
+    """A local job was told to stop by a signal (its launcher stopped it, or died)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _group_members() -> list[int]:
+    """Live processes of this process group other than this one (from /proc; [] where there is none)."""
+    me, group, out = os.getpid(), os.getpgrp(), []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            out.append(int(entry.name))
+    return out
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT stop a local job in order: the signal is passed on to the job's process group
+    (mpiexec ends its ranks, worker pools end), which gets ``GROUP_EXIT_WAIT_S`` to end, then
+    :class:`JobSignal` unwinds the job (temporary outputs removed, record INTERRUPTED)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # once is enough; the launcher escalates with SIGKILL
+        try:
+            os.killpg(os.getpgrp(), signum)
+        except OSError:
+            pass
+        deadline = time.monotonic() + GROUP_EXIT_WAIT_S
+        while _group_members() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise JobSignal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def run_job(key: str) -> int:
+    """A whole job started by the local executor (spec pickled on stdin); return the exit code.
+
+    Expected failures and stop signals end with one line on stderr (the job's log); anything else
+    with its traceback."""
+    _stop_on_signals()
+    try:
+        from microcal_hpc.launcher.worker import run_spec
+
+        run_spec(pickle.loads(sys.stdin.buffer.read()))
+    except JobSignal as e:
+        print(f"[microcal-hpc] {key}: {e}", file=sys.stderr, flush=True)
+        return 128 + e.signum
+    except MicrocalError as e:
+        print(f"[microcal-hpc] {key}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0

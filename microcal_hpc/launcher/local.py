@@ -143,7 +143,7 @@ class _LocalRun:
 
     def __init__(self, cfg: Config, plan: Plan, todo: list[JobSpec], out: Optional[TextIO]) -> None:
         self.cfg, self.run_dir, self.todo = cfg, plan.run_dir, list(todo)
-        self.out = out or sys.stdout
+        self.out: Optional[TextIO] = out or sys.stdout
         self.alloc = Allocator()
         self.limit = job_limit(cfg)
         self.pending = list(todo)
@@ -153,7 +153,14 @@ class _LocalRun:
         self.stop_reason = ""
 
     def say(self, msg: str) -> None:
-        print(msg, file=self.out, flush=True)
+        """A progress line; once the output is gone (closed pipe or terminal), the campaign runs on
+        without it (the records and logs hold everything)."""
+        if self.out is None:
+            return
+        try:
+            print(msg, file=self.out, flush=True)
+        except OSError:
+            self.out = None
 
     def run(self) -> dict[str, str]:
         with _Wakeup() as self.wake:

@@ -23,12 +23,10 @@ import importlib
 import os
 import pickle
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,6 @@ from microcal_hpc.launcher import locks, records
 from microcal_hpc.launcher.plan import JobSpec
 
 JOB_LOCK_WAIT_S = 60.0  # how long a job waits for an earlier process of itself to end
-GROUP_EXIT_WAIT_S = 10.0  # how long a stopped local job waits for its process group (mpiexec ...) to end
 
 
 def _world() -> tuple[int, int]:
@@ -136,6 +133,7 @@ def _runner(spec: JobSpec):
 
 
 def _run_recorded(spec: JobSpec) -> Any:
+    """run_spec's body on rank 0, under the job's lock: run the job, write its record."""
     runner = _runner(spec)
     t0 = time.time()
     records.update_record(spec.run_dir, spec.key, state="RUNNING", started=records.now(), ended=None,
@@ -156,7 +154,7 @@ def _run_recorded(spec: JobSpec) -> Any:
         raise
     except BaseException as e:  # SystemExit (submitit requeue after a signal), a stop signal
         requeued = records.read_record(spec.run_dir, spec.key).get("state") == "REQUEUED"
-        _record_end(spec, t0, **({} if requeued else {"state": "INTERRUPTED", "error": stop_reason(e)}))
+        _record_end(spec, t0, **({} if requeued else {"state": "INTERRUPTED", "error": _stop_reason(e)}))
         raise
     _record_end(spec, t0, state="COMPLETED", result=_jsonable(result))
     if spec.key == "aggregate":
@@ -172,14 +170,12 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0][:500]
 
 
-def stop_reason(e: BaseException) -> str:
+def _stop_reason(e: BaseException) -> str:
     """What stopped a job, for its record: ``stopped by SIGTERM``, ``stopped by SIGINT`` ..."""
-    if isinstance(e, JobSignal):
-        return str(e)
     if isinstance(e, KeyboardInterrupt):
         return "stopped by SIGINT"
     if isinstance(e, SignalReceived):
-        return "stopped by SIGTERM"
+        return str(e) or "stopped by SIGTERM"
     return type(e).__name__
 
 
@@ -229,71 +225,6 @@ class CheckpointableJob(submitit.helpers.Checkpointable):
 # the command line: a local job, or one MPI rank
 
 
-class JobSignal(SignalReceived):
-    """A local job was told to stop by a signal (its launcher stopped it, or died)."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
-def _group_members() -> list[int]:
-    """Live processes of this process group other than this one (from /proc; [] where there is none)."""
-    me, group, out = os.getpid(), os.getpgrp(), []
-    for entry in os.scandir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
-        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
-            out.append(int(entry.name))
-    return out
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM and SIGINT stop a local job in order: the signal is passed on to the job's process group
-    (mpiexec ends its ranks, worker pools end), which gets ``GROUP_EXIT_WAIT_S`` to end, then
-    :class:`JobSignal` unwinds the job (temporary outputs removed, record INTERRUPTED)."""
-
-    def handler(signum: int, frame: Any) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # once is enough; the launcher escalates with SIGKILL
-        try:
-            os.killpg(os.getpgrp(), signum)
-        except OSError:
-            pass
-        deadline = time.monotonic() + GROUP_EXIT_WAIT_S
-        while _group_members() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        raise JobSignal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
-def run_job_process(key: str) -> int:
-    """A whole job started by the local executor (spec pickled on stdin); return the exit code.
-
-    Expected failures and stop signals end with one line on stderr (the job's log); anything else
-    with its traceback."""
-    _stop_on_signals()
-    try:
-        run_spec(pickle.loads(sys.stdin.buffer.read()))
-    except JobSignal as e:
-        print(f"[microcal-hpc] {key}: {e}", file=sys.stderr, flush=True)
-        return 128 + e.signum
-    except MicrocalError as e:
-        print(f"[microcal-hpc] {key}: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except Exception:
-        traceback.print_exc()
-        return 1
-    return 0
-
-
 def _pin_rank() -> None:
     """Under the local executor's mpiexec: keep this rank to its share of the job's cores."""
     from microcal_hpc.launcher.cores import rank_share
@@ -310,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     """``--job KEY`` (spec on stdin): run a whole local job; ``SPEC.pkl``: run one MPI rank of a spec."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--job":
-        return run_job_process(argv[1])
+        from microcal_hpc.launcher.job_process import run_job
+
+        return run_job(argv[1])
     if len(argv) != 1 or argv[0].startswith("-"):
         print("usage: python -m microcal_hpc.launcher.worker (--job KEY < SPEC.pkl | SPEC.pkl)", file=sys.stderr)
         return 2
