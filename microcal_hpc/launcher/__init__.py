@@ -4,6 +4,9 @@
     submit_campaign(cfg, executor="local", run_dir="runs/main")
 
 Modules: ``plan`` (JobSpec, build_plan), ``worker`` (run_spec, CheckpointableJob: what runs inside a
-job), ``executors`` (submitit SLURM/local, in-process debug), ``records`` (RUN/jobs/*.json,
-RUN/manifest.json), ``status`` (records + sacct/squeue), ``campaign`` (submit_campaign).
+job), ``executors`` (SLURM through submitit), ``local`` (the local executor, packing job processes
+into the cores, and the in-process debug executor), ``job_process`` (one local job as a process),
+``cores`` (who gets which cores), ``locks`` (one launcher per run directory, one process per job),
+``records`` (RUN/jobs/*.json, RUN/manifest.json), ``status`` (records + sacct/squeue), ``campaign``
+(submit_campaign).
 """

@@ -9,8 +9,9 @@
 
 The kernel releases a lock when its process ends, even by SIGKILL, so a lock is never stale. While
 held, the file holds one JSON line: host, pid, start time and command line of the holder (emptied on
-release). Where the file system refuses ``flock`` (some parallel file systems mounted without it),
-the JSON line alone decides: a holder on this host whose pid is alive keeps the lock.
+release). Across nodes the locks hold where the shared file system supports ``flock`` across clients
+(NFSv4, Lustre mounted with ``flock``); where it refuses ``flock``, the JSON line alone decides: a
+holder on this host whose pid is alive keeps the lock.
 """
 from __future__ import annotations
 
