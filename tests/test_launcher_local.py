@@ -236,6 +236,19 @@ def test_sigterm_to_the_launcher_stops_its_jobs_and_cancels_the_rest(tmp_path, r
 
 
 @pytest.mark.timeout(120)
+def test_ctrl_c_in_the_debug_executor_records_the_job_and_cancels_the_rest(tmp_path, repo_on_path):
+    cfg = load_config()
+    specs = probe_specs(tmp_path, cfg, ["a", "b"])
+    signal_when(lambda: records(tmp_path).get("a", {}).get("state") == "RUNNING", signal.SIGINT)
+    with pytest.raises(local.Interrupted) as stopped:
+        local.run_debug(cfg, Plan(run_dir=str(tmp_path)), specs, out=io.StringIO())
+    assert stopped.value.exit_code == 130 and "probe/a stopped (INTERRUPTED), 1 not started" in str(stopped.value)
+    recs = records(tmp_path)
+    assert (recs["a"]["state"], recs["a"]["error"], recs["b"]["state"]) == ("INTERRUPTED", "stopped by SIGINT", "CANCELLED")
+    assert locks.free(locks.job_lock_path(tmp_path, "a"))
+
+
+@pytest.mark.timeout(120)
 def test_a_job_killed_from_outside_fails_and_its_dependents_are_skipped(tmp_path, repo_on_path):
     cfg = load_config(overrides=["campaign.poll_seconds=0.2"])
     first = probe_specs(tmp_path, cfg, ["first"])

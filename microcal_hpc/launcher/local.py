@@ -384,8 +384,9 @@ def run_debug(cfg: Config, plan: Plan, todo: list[JobSpec], out: Optional[TextIO
                 states[spec.key] = "COMPLETED"
             except KeyboardInterrupt:
                 _cancel(plan.run_dir, todo[i:])
-                raise Interrupted(signal.SIGINT, f"interrupted by SIGINT: {spec.stage}/{spec.name} stopped "
-                                                 f"(INTERRUPTED), {len(todo) - i} not started (CANCELLED)") from None
+                raise Interrupted(signal.SIGINT, f"interrupted by SIGINT: {spec.stage}/{spec.name} stopped (INTERRUPTED), "
+                                                 f"{len(todo) - i} not started (CANCELLED); run the same command "
+                                                 "again to resume") from None
             except Exception:
                 traceback.print_exc()
                 states[spec.key] = "FAILED"
