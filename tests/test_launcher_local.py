@@ -94,15 +94,42 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def live_jobs(run: Path) -> dict[str, list[int]]:
+    """{job key: the cores its process may run on} of the job processes of ``run`` alive right now."""
+    live = {}
+    for key, rec in records(run).items():
+        pid = str(rec.get("job_id") or "")
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text() if pid.isdigit() else ""
+            if stat and stat[stat.rindex(")") + 2] not in "ZX":
+                live[key] = sorted(os.sched_getaffinity(int(pid)))
+        except (OSError, ValueError):
+            pass
+    return live
+
+
 def run_here(tmp_path: Path, packed: Path, settings: list[str], keys: list[str], name: str):
     """Run the jobs ``keys`` of a campaign on ``packed`` with the local executor (launcher in this
-    process, jobs in their own processes); return (states, records, progress output)."""
+    process, jobs in their own processes) while a thread samples the live job processes every 20 ms;
+    return (states, records, progress output, samples)."""
     cfg = load_config(overrides=[f"data.packed={packed}", "classify.folds=2", "train.folds=2", "report.bootstrap=100",
                                  "campaign.poll_seconds=0.5", *settings])
     plan = build_plan(cfg, tmp_path / name)
-    out = io.StringIO()
-    states = local.run_local(cfg, plan, [plan.get(k) for k in keys], out=out)
-    return states, records(tmp_path / name), out.getvalue()
+    out, samples, done = io.StringIO(), [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            samples.append(live_jobs(tmp_path / name))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        states = local.run_local(cfg, plan, [plan.get(k) for k in keys], out=out)
+    finally:
+        done.set()
+        watcher.join()
+    return states, records(tmp_path / name), out.getvalue(), [s for s in samples if s]
 
 
 @pytest.fixture
@@ -136,13 +163,13 @@ JOBS = ["wavelet-features", "baseline-greylevel-rf"]
 @pytest.mark.mpi
 @pytest.mark.timeout(300)
 def test_two_one_core_jobs_run_at_once_each_on_its_own_core(packed_synthetic, tmp_path, repo_on_path, two_cores):
-    states, recs, out = run_here(tmp_path, packed_synthetic, ONE_CORE, JOBS, "run")
+    states, recs, out, samples = run_here(tmp_path, packed_synthetic, ONE_CORE, JOBS, "run")
     assert states == dict.fromkeys(JOBS, "COMPLETED"), out
-    cpus = sorted(recs[k]["cpus"] for k in JOBS)
-    assert cpus == [[two_cores[0]], [two_cores[1]]], cpus  # the jobs' own affinity masks
+    both = [s for s in samples if len(s) == 2]
+    assert both, samples  # at some moment both job processes were alive
+    assert sorted(both[0].values()) == [[two_cores[0]], [two_cores[1]]], both[0]  # each pinned to its own core
+    assert sorted(recs[k]["cpus"] for k in JOBS) == [[two_cores[0]], [two_cores[1]]]  # as the jobs saw it
     assert "2 running" in out and "on core " in out, out
-    (s1, e1), (s2, e2) = (interval(recs[k]) for k in JOBS)
-    assert s1 <= e2 and s2 <= e1, (recs[JOBS[0]], recs[JOBS[1]])  # their run intervals overlap
 
 
 @needs_two_cores
@@ -151,17 +178,20 @@ def test_two_one_core_jobs_run_at_once_each_on_its_own_core(packed_synthetic, tm
 @pytest.mark.timeout(300)
 def test_a_job_that_needs_every_core_runs_alone_and_serial_runs_one_at_a_time(packed_synthetic, tmp_path,
                                                                               repo_on_path, two_cores):
-    states, recs, out = run_here(tmp_path, packed_synthetic, TWO_CORE, JOBS, "two-core")
+    states, recs, out, samples = run_here(tmp_path, packed_synthetic, TWO_CORE, JOBS, "two-core")
     assert states == dict.fromkeys(JOBS, "COMPLETED"), out
+    assert samples and all(list(s.values()) == [two_cores] for s in samples), samples  # alone, on both cores
+    assert {k for s in samples for k in s} == set(JOBS)
     assert [recs[k]["cpus"] for k in JOBS] == [two_cores, two_cores]
     assert recs["wavelet-features"]["ranks"] == 2  # the MPI job: 2 tasks x 1 core
     assert "2 running" not in out and "on cores " in out, out
-    assert interval(recs[JOBS[1]])[0] >= interval(recs[JOBS[0]])[1]  # no overlap
+    assert interval(recs[JOBS[1]])[0] >= interval(recs[JOBS[0]])[1]  # one after the other
 
-    states, recs, out = run_here(tmp_path, packed_synthetic, ONE_CORE + ["campaign.serial=true"], JOBS, "serial")
+    states, recs, out, samples = run_here(tmp_path, packed_synthetic, ONE_CORE + ["campaign.serial=true"], JOBS,
+                                          "serial")
     assert states == dict.fromkeys(JOBS, "COMPLETED"), out
+    assert samples and all(len(s) == 1 and len(*s.values()) == 1 for s in samples), samples
     assert "one job at a time" in out and "2 running" not in out, out
-    assert all(len(recs[k]["cpus"]) == 1 for k in JOBS)
     assert interval(recs[JOBS[1]])[0] >= interval(recs[JOBS[0]])[1]
 
 
@@ -335,7 +365,7 @@ def test_second_submit_is_refused_and_ctrl_c_stops_every_job(make_tree, tmp_path
 @pytest.mark.timeout(300)
 def test_jobs_die_with_a_killed_launcher_and_an_immediate_rerun_resumes(make_tree, tmp_path, repo_on_path):
     root, run = make_tree(counts={"Train": (40, 40), "Test": (12, 12)}), tmp_path / "run"
-    settings = _training_campaign(root, "campaign.augment_presets=[]", "train.epochs=40")
+    settings = _training_campaign(root, "campaign.augment_presets=[]", "train.epochs=20")
     launcher = _start_submit(root, run, settings)
     try:
         wait_for(_training_started(run, ["official"]), 150, "the training job to save an epoch")
