@@ -9,8 +9,10 @@ from microcal_hpc import cli
 def configure_parser(p: argparse.ArgumentParser) -> None:
     cli.add_config_arguments(p)
     p.add_argument("--executor", choices=("slurm", "local", "debug"),
-                   help="slurm: sbatch every job and return; local: run here, waiting, campaign.max_parallel "
-                        "at once; debug: in this process, one after the other (default: campaign.executor)")
+                   help="slurm: sbatch every job and return; local: run here and wait, independent jobs at once "
+                        "as the cores allow; debug: in this process, one after the other (default: campaign.executor)")
+    p.add_argument("--serial", action="store_true", default=None,
+                   help="local executor: one job at a time, for debugging (campaign.serial)")
     p.add_argument("--run-dir", help="run directory (default: campaign.run_dir)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (jobs, dependencies, resources, stale results and why, each job's "
@@ -31,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--json goes with --dry-run (the plan as JSON)")
     if args.write_sbatch and args.dry_run:
         raise ConfigError("--write-sbatch writes the scripts of a submission; for a plan only, use --dry-run alone")
-    cfg = cli.config_from_args(args, {"executor": "campaign.executor", "run_dir": "campaign.run_dir"})
+    cfg = cli.config_from_args(args, {"executor": "campaign.executor", "run_dir": "campaign.run_dir",
+                                      "serial": "campaign.serial"})
     if args.write_sbatch:
         return write_sbatch(cfg, cfg.campaign.run_dir)
     return submit_campaign(cfg, executor=cfg.campaign.executor, run_dir=cfg.campaign.run_dir, dry_run=args.dry_run,

@@ -253,7 +253,11 @@ class CampaignConfig:
 
     run_dir: str = "runs/main"
     executor: str = "local"  # slurm | local | debug
-    max_parallel: int = 0  # local executor: jobs at once; 0 = one per two cores
+    # local executor: jobs are packed into the machine's cores (each takes cpus_per_task x tasks_per_node
+    # x nodes of its resources); max_parallel caps the jobs at once (0: as many as the cores allow),
+    # serial runs one at a time (debugging; microcal-hpc submit --serial)
+    max_parallel: int = 0
+    serial: bool = False
     official: bool = True  # CNN on the official split (hold-out validation from Train)
     cv_folds: int = 5  # CNN cross-validation folds (0: none)
     augment_presets: list[str] = field(default_factory=lambda: ["flips", "seed_study"])
@@ -277,6 +281,9 @@ class CampaignConfig:
         _choice("campaign.executor", self.executor, ("slurm", "local", "debug"))
         if self.max_parallel < 0:
             raise ConfigError("campaign.max_parallel must be >= 0")
+        if self.serial and self.max_parallel > 1:
+            raise ConfigError(f"campaign.serial runs one job at a time, but campaign.max_parallel is "
+                              f"{self.max_parallel}; set one of them")
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"campaign.cv_folds must be 0 or >= 2, got {self.cv_folds}")
         _check_presets("campaign.augment_presets", self.augment_presets)

@@ -19,7 +19,7 @@ from typing import Optional, TextIO
 
 from microcal_hpc.config import Config, ResourceConfig
 from microcal_hpc.errors import ConfigError
-from microcal_hpc.launcher import executors, preflight, records, sbatch, stale, status
+from microcal_hpc.launcher import executors, local, locks, preflight, records, sbatch, stale, status
 from microcal_hpc.launcher.plan import JobSpec, Plan, build_plan, resolve_paths, selection, unit_name
 
 
@@ -166,17 +166,30 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
                     dry_run: bool = False, out: Optional[TextIO] = None, as_json: bool = False) -> int:
     """Plan and run/submit a campaign; return the exit code (local/debug: 1 when a job failed).
 
-    ``dry_run``: print the plan (``as_json``: as JSON) and change nothing."""
-    out = out or sys.stdout
+    ``dry_run``: print the plan (``as_json``: as JSON) and change nothing.
 
-    def say(msg: str = "") -> None:
-        print(msg, file=out, flush=True)
-
+    A run directory has one launcher: except for a dry run, this holds ``RUN/launcher.lock`` until it
+    returns, and refuses (:class:`~microcal_hpc.launcher.locks.Busy`, naming the holder's host and pid)
+    when a live launcher holds it."""
     executor = executor or cfg.campaign.executor
     if executor not in ("slurm", "local", "debug"):
         raise ConfigError(f"executor must be slurm, local or debug; got {executor!r}")
     cfg, run, plan = _prepare(cfg, run_dir, executor)
     _check_before_running(cfg, plan, dry_run)
+    out = out or sys.stdout
+    if dry_run:
+        return _submit_planned(cfg, run, plan, executor, out, dry_run, as_json)
+    with locks.hold_run_dir(run):
+        return _submit_planned(cfg, run, plan, executor, out, dry_run, as_json)
+
+
+def _submit_planned(cfg: Config, run: str, plan: Plan, executor: str, out: TextIO, dry_run: bool,
+                    as_json: bool) -> int:
+    """The rest of :func:`submit_campaign`: what is complete, stale or still running, then print, submit or run."""
+
+    def say(msg: str = "") -> None:
+        print(msg, file=out, flush=True)
+
     found = assess(plan, executor)
     todo, active = found.todo, found.active
     stale_report = None
@@ -203,7 +216,7 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
                     "(submitit runs it from a pickle; `submit --write-sbatch` writes this script)")
                 say(sbatch.render_job_script(cfg, unit, executors.dependency_string(unit, ids)))
         elif executor == "local":
-            say(f"\nlocal executor: at most {executors.default_max_parallel(cfg)} job(s) at once, in this order")
+            say(f"\nlocal executor: {local.concurrency_text(cfg)}, in this order")
         if executor != "slurm" and (cfg.campaign.setup or cfg.campaign.container):
             say(f"\nnote: campaign.setup and campaign.container apply to SLURM jobs; the {executor} executor "
                 "runs every job in this environment")
@@ -237,9 +250,9 @@ def submit_campaign(cfg: Config, executor: Optional[str] = None, run_dir: Option
         return 0
 
     if executor == "local":
-        states = executors.run_local(cfg, plan, todo, out=out)
+        states = local.run_local(cfg, plan, todo, out=out)
     else:
-        states = executors.run_debug(cfg, plan, todo, out=out)
+        states = local.run_debug(cfg, plan, todo, out=out)
     records.mark_manifest_ended(run)
     return _summarize_local(run, plan, states, say)
 

@@ -1,5 +1,5 @@
-"""Three ways to run a campaign plan: SLURM (submitit, returns after submitting), local (submitit's
-LocalExecutor, waits, at most ``campaign.max_parallel`` jobs at once) and debug (in-process, in order).
+"""The SLURM executor (submitit; returns after submitting). The executors that run here and wait,
+``local`` and ``debug``, are in :mod:`microcal_hpc.launcher.local`.
 
 SLURM: one ``sbatch`` per job, one job array per array group (CV folds, augmentation presets), with
 each job's resources (``spec.resources``: ``campaign.resources`` of its type, ``campaign.job_resources``),
@@ -12,10 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import shlex
-import socket
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
@@ -190,136 +187,3 @@ def _cancel_submitted(run_dir: str, submitted: dict[str, str], why: str) -> None
             pass
     for key in submitted:
         records.update_record(run_dir, key, state="CANCELLED", ended=records.now(), error=f"cancelled: {why}")
-
-
-# ----------------------------------------------------------------------------------------------
-# local
-
-
-def default_max_parallel(cfg: Config) -> int:
-    """``campaign.max_parallel`` or, when 0, one job per two cores."""
-    return cfg.campaign.max_parallel or max(1, (os.cpu_count() or 1) // 2)
-
-
-def _deps_ready(spec: JobSpec, states: dict[str, str]) -> Optional[bool]:
-    """None: wait; True: run; False: skip (an ``afterok`` dependency did not complete)."""
-    deps = [states.get(k, "COMPLETED") for k in spec.depends_on]
-    if any(s not in records.TERMINAL for s in deps):
-        return None
-    if spec.dependency == "afterok" and any(s != "COMPLETED" for s in deps):
-        return False
-    return True
-
-
-def run_local(cfg: Config, plan: Plan, todo: list[JobSpec], out: Optional[TextIO] = None,
-              max_parallel: Optional[int] = None, poll_s: Optional[float] = None) -> dict[str, str]:
-    """Run ``todo`` with submitit's LocalExecutor in dependency order, at most ``max_parallel`` at once;
-    wait until the campaign ends and return {key: final state}."""
-    import submitit
-
-    say = _Out(out)
-    max_parallel = max_parallel or default_max_parallel(cfg)
-    poll_s = cfg.campaign.poll_seconds if poll_s is None else poll_s
-    folder = log_folder(plan.run_dir)
-    states: dict[str, str] = {}  # only keys of this run; others are complete
-    pending = list(todo)
-    running: dict[str, tuple[JobSpec, Any, float]] = {}
-    total, done = len(todo), 0
-    for spec in todo:
-        records.new_submission(plan.run_dir, spec, "local")
-        records.update_record(plan.run_dir, spec.key, state="PENDING", launcher_pid=os.getpid(),
-                              launcher_host=socket.gethostname())
-        states[spec.key] = "PENDING"
-    say(f"local executor: {total} jobs, at most {max_parallel} at once (logs: {Path(plan.run_dir) / 'logs'})")
-
-    def finish(spec: JobSpec, state: str, elapsed: float, note: str = "") -> None:
-        nonlocal done
-        done += 1
-        states[spec.key] = state
-        say(f"[{done}/{total}] {spec.stage}/{spec.name}: {state} after {elapsed:.1f} s{note}")
-
-    try:
-        while pending or running:
-            for key, (spec, job, t0) in list(running.items()):
-                if not job.done():
-                    continue
-                del running[key]
-                exc = job.exception()
-                rec = records.read_record(plan.run_dir, key)
-                if exc is None:
-                    state = "COMPLETED"
-                else:
-                    timed_out = time.time() - t0 >= cfg.resources(spec.job_type).time_min * 60
-                    state = "TIMEOUT" if timed_out else "FAILED"
-                    err = rec.get("error") or str(exc).strip().splitlines()[-1][:500]
-                    records.update_record(plan.run_dir, key, state=state, ended=rec.get("ended") or records.now(),
-                                          error=err)
-                finish(spec, state, time.time() - t0, "" if exc is None else f" (log: {job.paths.stderr})")
-            for spec in list(pending):
-                if len(running) >= max_parallel:
-                    break
-                ready = _deps_ready(spec, states)
-                if ready is None:
-                    continue
-                pending.remove(spec)
-                if ready is False:
-                    failed = [k for k in spec.depends_on if states.get(k, "COMPLETED") != "COMPLETED"]
-                    records.update_record(plan.run_dir, spec.key, state="SKIPPED", ended=records.now(),
-                                          error=f"not run: dependency {', '.join(failed)} did not complete")
-                    finish(spec, "SKIPPED", 0.0, f" (dependency {', '.join(failed)} did not complete)")
-                    continue
-                res = cfg.resources(spec.job_type)
-                ex = submitit.LocalExecutor(folder=folder, max_num_timeout=3)
-                ex.update_parameters(timeout_min=res.time_min, tasks_per_node=1, gpus_per_node=res.gpus_per_node,
-                                     signal_delay_s=signal_delay_s(res.time_min))
-                job = ex.submit(job_callable(spec))
-                records.update_record(plan.run_dir, spec.key, launcher=True, job_id=job.job_id, state="PENDING",
-                                      log=str(job.paths.stderr), log_out=str(job.paths.stdout),
-                                      log_err=str(job.paths.stderr))
-                running[spec.key] = (spec, job, time.time())
-                say(f"started {spec.stage}/{spec.name} (job {job.job_id}; {len(running)} running, "
-                    f"{len(pending)} waiting)")
-            if running:
-                time.sleep(poll_s)
-    except KeyboardInterrupt:
-        for key, (spec, job, _t0) in running.items():
-            job.cancel(check=False)
-            records.update_record(plan.run_dir, key, state="CANCELLED", ended=records.now(), error="interrupted")
-        for spec in pending:
-            records.update_record(plan.run_dir, spec.key, state="CANCELLED", error="interrupted before start")
-        raise
-    return states
-
-
-# ----------------------------------------------------------------------------------------------
-# debug
-
-
-def run_debug(cfg: Config, plan: Plan, todo: list[JobSpec], out: Optional[TextIO] = None) -> dict[str, str]:
-    """Run ``todo`` in this process, one after the other (tracebacks on stderr; no pickling)."""
-    from microcal_hpc.launcher.worker import run_spec
-
-    say = _Out(out)
-    states: dict[str, str] = {}
-    for spec in todo:
-        records.new_submission(plan.run_dir, spec, "debug")
-        records.update_record(plan.run_dir, spec.key, state="PENDING", job_id=f"debug-{spec.key}",
-                              launcher_pid=os.getpid(), launcher_host=socket.gethostname(), log=spec.job_log,
-                              log_err=spec.job_log)
-    for i, spec in enumerate(todo, 1):
-        ready = _deps_ready(spec, {**states})
-        t0 = time.time()
-        if ready is False:
-            records.update_record(plan.run_dir, spec.key, state="SKIPPED", ended=records.now(),
-                                  error="not run: a dependency did not complete")
-            states[spec.key] = "SKIPPED"
-        else:
-            say(f"[{i}/{len(todo)}] running {spec.stage}/{spec.name} in-process")
-            try:
-                run_spec(spec)
-                states[spec.key] = "COMPLETED"
-            except Exception:
-                traceback.print_exc()
-                states[spec.key] = "FAILED"
-        say(f"[{i}/{len(todo)}] {spec.stage}/{spec.name}: {states[spec.key]} after {time.time() - t0:.1f} s")
-    return states

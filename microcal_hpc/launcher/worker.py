@@ -1,13 +1,21 @@
 """Run one :class:`~microcal_hpc.launcher.plan.JobSpec` inside a job (submitit, mpiexec or in-process).
 
 ``run_spec(spec)`` imports the job function, calls ``function(config, *args)`` and keeps the job's
-record up to date (RUNNING, then COMPLETED or FAILED, with host, times and ``CUDA_VISIBLE_DEVICES``).
-Only rank 0 of a multi-task (MPI) job writes the record.
+record up to date (RUNNING, then COMPLETED, FAILED or INTERRUPTED, with host, pid, times, the cores it
+may run on and ``CUDA_VISIBLE_DEVICES``). Only rank 0 of a multi-task (MPI) job writes the record.
+
+A job is never run twice at once: rank 0 holds the job's lock (``RUN/jobs/<key>.lock``,
+:mod:`~microcal_hpc.launcher.locks`) while it runs, whichever executor started it, and a second process
+of the same job waits up to ``JOB_LOCK_WAIT_S`` for the first to end, then fails without touching the
+record.
 
 A spec with several tasks started as ONE process (local executor) re-launches itself under
 ``mpiexec -n TASKS`` so that the wavelet features job is MPI-parallel locally as under ``srun``.
 
-Fault injection for tests: ``MICROCAL_FAIL_JOBS=key1,key2`` makes those jobs raise before they start.
+Command line (what the local executor and ``mpiexec`` start)::
+
+    python -m microcal_hpc.launcher.worker --job KEY    a whole job; its spec pickled on stdin
+    python -m microcal_hpc.launcher.worker SPEC.pkl     one MPI rank of a spec (under mpiexec)
 """
 from __future__ import annotations
 
@@ -24,14 +32,12 @@ from typing import Any
 
 import submitit
 
-from microcal_hpc.launcher import records
+from microcal_hpc.atomic import SignalReceived
+from microcal_hpc.errors import MicrocalError, Terminated
+from microcal_hpc.launcher import locks, records
 from microcal_hpc.launcher.plan import JobSpec
 
-FAULT_ENV = "MICROCAL_FAIL_JOBS"
-
-
-class InjectedFault(RuntimeError):
-    """Raised by a job listed in MICROCAL_FAIL_JOBS (tests of failure handling)."""
+JOB_LOCK_WAIT_S = 60.0  # how long a job waits for an earlier process of itself to end
 
 
 def _world() -> tuple[int, int]:
@@ -42,15 +48,13 @@ def _world() -> tuple[int, int]:
 
 
 def _job_ids() -> dict[str, Any]:
-    """Job id and array index of the current cluster/local job, as submitit sees them."""
+    """Job id and array index of the current SLURM job ({} elsewhere: the local executor records the pid)."""
     env = os.environ
     if env.get("SLURM_JOB_ID"):
         array_job, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
         job_id = f"{array_job}_{task}" if array_job and task else env["SLURM_JOB_ID"]
         return {"job_id": job_id, "array_index": int(task) if task else None,
                 "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0)}
-    if env.get("SUBMITIT_LOCAL_JOB_ID"):
-        return {"job_id": env["SUBMITIT_LOCAL_JOB_ID"]}
     return {}
 
 
@@ -124,9 +128,6 @@ class MissingOutputs(RuntimeError):
 
 
 def _call(spec: JobSpec) -> Any:
-    failing = {k.strip() for k in os.environ.get(FAULT_ENV, "").split(",") if k.strip()}
-    if spec.key in failing:
-        raise InjectedFault(f"{spec.key}: failure injected by {FAULT_ENV} (test hook)")
     fn = resolve_function(spec.function)
     return fn(spec.config, *spec.args)
 
@@ -139,46 +140,70 @@ def _check_outputs(spec: JobSpec) -> None:
 
 
 def run_spec(spec: JobSpec) -> Any:
-    """Run one job spec here and now, keeping its record up to date; return the job's result."""
-    rank, size = _world()
-    if spec.tasks > 1 and size == 1 and not os.environ.get("MICROCAL_UNDER_MPIEXEC"):
-        runner = _run_under_mpiexec
-    else:
-        runner = _call
-    writes = rank == 0
-    run_dir = spec.run_dir
+    """Run one job spec here and now, keeping its record up to date; return the job's result.
+
+    Rank 0 holds the job's lock meanwhile (raising :class:`~microcal_hpc.launcher.locks.Busy` when an
+    earlier process of the same job is still alive after ``JOB_LOCK_WAIT_S``) and writes the record:
+    RUNNING, then COMPLETED, FAILED or INTERRUPTED (stopped by a signal, or the job raised Terminated).
+    """
+    if _world()[0] != 0:
+        return _runner(spec)(spec)
+    with locks.hold_job(spec.run_dir, spec.key, JOB_LOCK_WAIT_S):
+        return _run_recorded(spec)
+
+
+def _runner(spec: JobSpec):
+    """``_run_under_mpiexec`` for a multi-task spec started as one process, else ``_call``."""
+    if spec.tasks > 1 and _world()[1] == 1 and not os.environ.get("MICROCAL_UNDER_MPIEXEC"):
+        return _run_under_mpiexec
+    return _call
+
+
+def _run_recorded(spec: JobSpec) -> Any:
+    """run_spec's body on rank 0, under the job's lock: run the job, write its record."""
+    runner = _runner(spec)
     t0 = time.time()
-    if writes:
-        ranks = spec.tasks if runner is _run_under_mpiexec else size
-        records.update_record(run_dir, spec.key, state="RUNNING", started=records.now(), ended=None,
-                              host=socket.gethostname(), pid=os.getpid(), ranks=ranks,
-                              cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), error=None,
-                              **_job_ids())
-    if writes and spec.key == "aggregate":
-        _reconcile_before_report(run_dir)
+    records.update_record(spec.run_dir, spec.key, state="RUNNING", started=records.now(), ended=None,
+                          host=socket.gethostname(), pid=os.getpid(),
+                          ranks=spec.tasks if runner is _run_under_mpiexec else _world()[1],
+                          cpus=sorted(os.sched_getaffinity(0)),
+                          cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), error=None, **_job_ids())
+    if spec.key == "aggregate":
+        _reconcile_before_report(spec.run_dir)
     try:
         result = runner(spec)
-        if writes:
-            _check_outputs(spec)
+        _check_outputs(spec)
+    except Terminated as e:  # a job that caught SIGTERM and removed its temporary output
+        _record_end(spec, t0, state="INTERRUPTED", error=_one_line(e))
+        raise
     except Exception as e:  # the job failed: record why, let submitit/the caller see the exception
-        if writes:
-            line = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-            records.update_record(run_dir, spec.key, state="FAILED", ended=records.now(),
-                                  elapsed_s=round(time.time() - t0, 1), error=line)
+        _record_end(spec, t0, state="FAILED", error=_one_line(e))
         raise
-    except BaseException as e:  # SystemExit (submitit requeue after a signal), KeyboardInterrupt
-        if writes:
-            requeued = records.read_record(run_dir, spec.key).get("state") == "REQUEUED"
-            fields = {} if requeued else {"state": "INTERRUPTED", "error": type(e).__name__}
-            records.update_record(run_dir, spec.key, ended=records.now(),
-                                  elapsed_s=round(time.time() - t0, 1), **fields)
+    except BaseException as e:  # SystemExit (submitit requeue after a signal), a stop signal
+        requeued = records.read_record(spec.run_dir, spec.key).get("state") == "REQUEUED"
+        _record_end(spec, t0, **({} if requeued else {"state": "INTERRUPTED", "error": _stop_reason(e)}))
         raise
-    if writes:
-        records.update_record(run_dir, spec.key, state="COMPLETED", ended=records.now(),
-                              elapsed_s=round(time.time() - t0, 1), result=_jsonable(result))
-        if spec.key == "aggregate":
-            records.mark_manifest_ended(run_dir)
+    _record_end(spec, t0, state="COMPLETED", result=_jsonable(result))
+    if spec.key == "aggregate":
+        records.mark_manifest_ended(spec.run_dir)
     return result
+
+
+def _record_end(spec: JobSpec, t0: float, **fields: Any) -> None:
+    records.update_record(spec.run_dir, spec.key, ended=records.now(), elapsed_s=round(time.time() - t0, 1), **fields)
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0][:500]
+
+
+def _stop_reason(e: BaseException) -> str:
+    """What stopped a job, for its record: ``stopped by SIGTERM``, ``stopped by SIGINT`` ..."""
+    if isinstance(e, KeyboardInterrupt):
+        return "stopped by SIGINT"
+    if isinstance(e, SignalReceived):
+        return str(e) or "stopped by SIGTERM"
+    return type(e).__name__
 
 
 def _reconcile_before_report(run_dir: str) -> None:
@@ -223,14 +248,39 @@ class CheckpointableJob(submitit.helpers.Checkpointable):
         return f"CheckpointableJob({self.spec.key})"
 
 
+# ----------------------------------------------------------------------------------------------
+# the command line: a local job, or one MPI rank
+
+
+def _pin_rank() -> None:
+    """Under the local executor's mpiexec: keep this rank to its share of the job's cores."""
+    from microcal_hpc.launcher.cores import rank_share
+
+    env = os.environ
+    local_rank = env.get("OMPI_COMM_WORLD_LOCAL_RANK") or env.get("MPI_LOCALRANKID") or str(_world()[0])
+    local_size = env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or env.get("MPI_LOCALNRANKS") or str(_world()[1])
+    share = rank_share(sorted(os.sched_getaffinity(0)), int(local_rank), int(local_size))
+    if share:
+        os.sched_setaffinity(0, share)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m microcal_hpc.launcher.worker SPEC.pkl``: run a pickled spec (one MPI rank)."""
+    """``--job KEY`` (spec on stdin): run a whole local job; ``SPEC.pkl``: run one MPI rank of a spec."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m microcal_hpc.launcher.worker SPEC.pkl", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "--job":
+        from microcal_hpc.launcher.job_process import run_job
+
+        return run_job(argv[1])
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m microcal_hpc.launcher.worker (--job KEY < SPEC.pkl | SPEC.pkl)", file=sys.stderr)
         return 2
+    _pin_rank()
     spec = pickle.loads(Path(argv[0]).read_bytes())
-    _call(spec)
+    try:
+        _call(spec)
+    except MicrocalError as e:
+        print(f"[microcal-hpc] {spec.key}, rank {_world()[0]}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     return 0
 
 
