@@ -155,7 +155,7 @@ def repo_on_path(monkeypatch):
 
 ONE_CORE = ["campaign.resources.wavelet_features.tasks_per_node=1", "campaign.resources.wavelet_classify.cpus_per_task=1"]
 TWO_CORE = ["campaign.resources.wavelet_features.tasks_per_node=2", "campaign.resources.wavelet_classify.cpus_per_task=2"]
-JOBS = ["wavelet-features", "baseline-greylevel-rf"]
+JOBS = ["wavelet-features", "baseline"]
 
 
 @needs_two_cores

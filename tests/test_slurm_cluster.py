@@ -200,7 +200,7 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
     ids = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
            if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert set(ids) == {"pack", "cnn-official", "cnn-folds", "cnn-augment-flips", "wavelet-features",
-                        "wavelet-classify", "baseline-greylevel-rf", "aggregate"}
+                        "wavelet-classify", "baseline", "aggregate"}
 
     def logs() -> str:
         text = [squeue_text(), json.dumps(sacct_states(list(ids.values())))]

@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
-from microcal_hpc.atomic import SignalReceived
+from microcal_hpc.atomic import SignalReceived, signal_name
 from microcal_hpc.errors import MicrocalError
 from microcal_hpc.launcher import records
 from microcal_hpc.launcher.cores import Allotment
@@ -138,9 +138,8 @@ class JobProcess:
 class JobSignal(SignalReceived):
     """A local job was told to stop by a signal (its launcher stopped it, or died)."""
 
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
+    def __str__(self) -> str:
+        return f"stopped by {signal_name(self.signum)}"
 
 
 def _group_members() -> list[int]:
