@@ -214,7 +214,7 @@ install_horovod() {
   key="$(horovod_key "$build_env")"
   dir="$WHEEL_CACHE/horovod-$HOROVOD_VERSION-$(sha256sum <<<"$key" | cut -c1-16)"
   if ! compgen -G "$dir/horovod-*.whl" >/dev/null; then
-    log "building horovod==$HOROVOD_VERSION from source (3-5 min; ${FLAVOUR^^}; the wheel is kept in $dir)"
+    log "building horovod==$HOROVOD_VERSION ($FLAVOUR) from source: minutes (3-5 on an idle 2-core machine); the wheel is kept in $dir"
     mkdir -p "$WHEEL_CACHE"
     tmp="$(mktemp -d "$WHEEL_CACHE/.build.XXXXXX")"
     local -a env_args; mapfile -t env_args <<<"$build_env"

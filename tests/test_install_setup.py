@@ -229,7 +229,7 @@ def test_non_root_setup_with_mpi_on_path_builds_a_working_environment(ws, plain_
     if cached:
         assert f"horovod==0.28.1 from the cached wheel in {ws / 'home' / 'wheels'}" in result.stderr
     assert not (ws / "calls").exists()  # sudo, apt-get, dpkg-query: not even probed
-    assert owner_uid(venv / "bin" / "python") == (owner_uid(ws / "home") if plain_user else os.geteuid())
+    assert owner_uid(venv / "pyvenv.cfg") == (owner_uid(ws / "home") if plain_user else os.geteuid())
 
     allreduce = ("import horovod.tensorflow as hvd, tensorflow as tf; hvd.init(); "
                  "print('sum', int(hvd.allreduce(tf.constant(hvd.rank() + 1), op=hvd.Sum)))")
