@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from install_helpers import REPO, copy_checkout, lock_module
 
@@ -46,8 +48,6 @@ def test_package_forces_no_tensorflow_and_each_extra_selects_one_flavour(tmp_pat
     unconditional = [r for r in requires if "extra ==" not in r]
     assert not [r for r in unconditional if r.lower().startswith("tensorflow")]
     assert unconditional == _requirement_lines("requirements.txt")
-    assert f'tensorflow-cpu=={TF}; extra == "cpu"' in requires
-    assert f'tensorflow[and-cuda]=={TF}; extra == "gpu"' in requires
     assert [r for r in requires if r.startswith("tensorflow")] == [
         f'tensorflow-cpu=={TF}; extra == "cpu"', f'tensorflow[and-cuda]=={TF}; extra == "gpu"']
     python = next(line.removeprefix("Requires-Python: ") for line in meta if line.startswith("Requires-Python: "))
@@ -64,9 +64,6 @@ def test_flavour_files_share_everything_but_tensorflow():
 @pytest.mark.parametrize("python_version", lock.PYTHON_VERSIONS)
 def test_every_requirement_is_pinned_and_the_lock_agrees(python_version):
     """One version per package: each requirements file pins exactly, and constraints.txt says the same."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     locked = lock.read_constraints(REPO / "constraints.txt", python_version)
     for name in sorted(p.name for p in REPO.glob("requirements*.txt")):
         for line in _requirement_lines(name):
@@ -85,17 +82,14 @@ def _index_reachable() -> bool:
 
 
 def _plan(python: str, args: list[str]) -> subprocess.Popen:
-    """Start pip's plan (never an install) for ``python``, with this environment's pip and its cache."""
+    """Start pip's plan (never an install) for the interpreter ``python``, with this environment's pip."""
     return subprocess.Popen([sys.executable, "-m", "pip", "--python", python, "install", "--dry-run",
                              "--ignore-installed", "--quiet", "--report", "-", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _collect(name: str, proc: subprocess.Popen) -> tuple[str, dict[str, str]]:
-    try:
-        stdout, stderr = proc.communicate(timeout=PLAN_TIMEOUT)
-    finally:
-        proc.kill()
+    stdout, stderr = proc.communicate(timeout=PLAN_TIMEOUT)
     assert proc.returncode == 0, f"pip could not plan {name}:\n{stderr[-3000:]}"
     report = json.loads(stdout)
     return report["environment"]["python_version"], lock.planned(report)
@@ -124,7 +118,11 @@ def plans(tmp_path_factory):
         **({"cpu-py3.10": _plan(python310, ["-r", str(checkout / "requirements-cpu.txt"), *common])}
            if python310 else {}),
     }
-    return {name: _collect(name, proc) for name, proc in running.items()}
+    try:
+        return {name: _collect(name, proc) for name, proc in running.items()}
+    finally:
+        for proc in running.values():  # after a failure the others may still run
+            proc.kill()
 
 
 def test_gpu_selection_plans_tensorflow_with_its_cuda_wheels_and_no_tensorflow_cpu(plans):
