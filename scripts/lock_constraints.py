@@ -100,7 +100,7 @@ def merge(plans: dict[str, dict[str, str]]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", action="append",
                     help=f"interpreter to resolve for (default: one of each Python {', '.join(PYTHON_VERSIONS)})")
     ap.add_argument("--upgrade", action="store_true", help="ignore today's constraints.txt")

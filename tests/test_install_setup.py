@@ -23,7 +23,7 @@ from install_helpers import (SYSTEM_PATH, chown_tree, copy_checkout, lock_module
                              recording_fakes, run_setup, write_script)
 
 pytestmark = pytest.mark.install
-NO_MPI = ("mpi", "orte", "opal")  # Open MPI's and MPICH's commands all start with these
+NO_MPI = ("mpi", "orte", "opal")  # mpicc, mpirun, mpiexec, orterun, opal_wrapper ...
 USER = "microcal-install"
 
 
