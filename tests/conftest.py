@@ -24,6 +24,7 @@ def pytest_configure(config):
         ("mpi", "launches mpiexec"),
         ("horovod", "launches Horovod ranks"),
         ("slurm", "needs the real single-node SLURM cluster started by tests/slurm_cluster"),
+        ("install", "checks installation: pip resolutions (need the package index), set-up as a non-root user"),
     ]:
         config.addinivalue_line("markers", f"{name}: {text}")
 
