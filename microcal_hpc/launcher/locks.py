@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from microcal_hpc.errors import MicrocalError
+from microcal_hpc.errors import MicrocalError, OutputError, os_reason
 
 RUN_DIR_LOCK = "launcher.lock"
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
@@ -132,8 +132,9 @@ def wait_free(path: str | os.PathLike, timeout_s: float, stop: Callable[[], bool
     return True
 
 
-def _lock_error(path: Path, e: OSError) -> MicrocalError:
-    return MicrocalError(f"{path}: cannot lock: {e.strerror or e}")
+def _lock_error(path: Path, e: OSError) -> OutputError:
+    """A lock file that cannot be created (read-only file system, a file where a folder should be): exit 1."""
+    return OutputError(f"{path}: cannot lock: {os_reason(e)}")
 
 
 @contextlib.contextmanager
