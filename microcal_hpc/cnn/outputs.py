@@ -1,0 +1,132 @@
+"""The end of a CNN job (root rank): score the final model once, then write its files (docs/outputs.md).
+
+Evaluation: one prediction pass over Test (and over the fold, unless the last epoch's validation pass
+already scored it with the final weights); losses from the probabilities (``predict.binary_cross_entropy``);
+Grad-CAM saliency of Test for jobs without a fold (``cnn/saliency.py``).
+
+Files, each under a temporary name and renamed when complete: ``history.json``, ``predictions.npz``,
+``saliency.npz`` (no fold), ``model.keras`` (the inference model: plain layers, no optimizer, loadable
+without this package or Horovod), then, once the last checkpoint is on disk, ``metrics.json``: it marks
+the job complete.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from microcal_hpc.atomic import atomic_path, write_json
+from microcal_hpc.cnn import checkpoint
+from microcal_hpc.cnn.data import JobData
+from microcal_hpc.cnn.tracking import PhaseTimer, format_breakdown
+from microcal_hpc.config import Config
+from microcal_hpc.joblog import get_logger
+
+log = get_logger("cnn.train")
+
+
+def write_predictions(path: Path, d: JobData, val_prob: np.ndarray, test_prob: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, test_ids=d.test.ids.astype(str), test_labels=d.test.labels.astype(np.int64),
+                 test_prob=test_prob, test_groups=d.test.groups.astype(str), val_ids=d.val.ids.astype(str),
+                 val_labels=d.val.labels.astype(np.int64), val_prob=val_prob, val_groups=d.val.groups.astype(str),
+                 val_fold=np.full(len(d.val), d.val_fold, dtype=np.int64))
+
+
+def save_inference_model(model, cfg: Config, final: Path) -> None:
+    """``model``'s weights in a fresh inference model (plain Dropout, no optimizer) saved as ``.keras``:
+    written in a temporary folder beside ``final`` (Keras needs the extension), then renamed into place."""
+    from microcal_hpc.cnn.model import build_model
+
+    export = build_model(model.input_shape[1:], cfg.train)
+    export.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as tmp:
+        path = Path(tmp) / final.name
+        export.save(path)
+        os.replace(path, final)
+
+
+def _scores(model, part) -> tuple[np.ndarray, float]:
+    from microcal_hpc.cnn.predict import binary_cross_entropy, predict_probabilities
+
+    prob = predict_probabilities(model, part.source)
+    return prob, binary_cross_entropy(part.labels, prob)
+
+
+def evaluate_and_write(cfg: Config, job_dir: Path, name: str, model, d: JobData, state: checkpoint.TrainingState,
+                       ctx, val_prob: np.ndarray | None, timer: PhaseTimer, checkpointer: checkpoint.Checkpointer,
+                       *, devices: dict, first_epoch: int, job_started: float) -> None:
+    """Score the final model, write every output, metrics.json last. ``val_prob``: the last epoch's
+    validation pass, if it ran with the final weights; ``first_epoch``: where this run of the job started;
+    ``job_started``: ``perf_counter()`` at which the job would have started had it run in one go."""
+    from microcal_hpc.cnn.model import resolve_mixed_precision
+    from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci
+
+    train, report = cfg.train, cfg.report
+    if train.early_stopping_patience:
+        checkpointer.wait()  # best.npz is written in the background
+        if checkpoint.load_best(job_dir, model):
+            log.info("restored the weights of the lowest validation loss (%.4f)", state.best_val_loss)
+            val_prob = None
+    has_fold = train.fold is not None
+    val_loss = float("nan")
+    if has_fold and val_prob is None:
+        val_prob, val_loss = _scores(model, d.val)
+    elif has_fold:
+        from microcal_hpc.cnn.predict import binary_cross_entropy
+
+        val_loss = binary_cross_entropy(d.val.labels, val_prob)
+    test_prob, test_loss = _scores(model, d.test)
+    test = binary_metrics(d.test.labels, test_prob, loss=test_loss)
+    lo, hi = bootstrap_auc_ci(d.test.labels, test_prob, groups=d.test_bootstrap_groups, n_boot=report.bootstrap,
+                              seed=report.seed)
+    test.update(auc_ci=[lo, hi], auc_ci_method=f"group bootstrap, {report.bootstrap} resamples")
+    validation = binary_metrics(d.val.labels, val_prob, loss=val_loss) if has_fold else None
+    timer.lap("evaluation")
+
+    saliency_method = None
+    if not has_fold:
+        from microcal_hpc.cnn.saliency import grad_cam, method_description, write_saliency
+
+        saliency_method = method_description(model)
+        maps = grad_cam(model, d.test.source)
+        timer.lap("saliency")
+        write_saliency(job_dir / "saliency.npz", d.test.ids, maps, saliency_method)
+
+    h = state.history
+    write_json(job_dir / "history.json", h)
+    write_predictions(job_dir / "predictions.npz", d, val_prob if has_fold else np.zeros(0), test_prob)
+    save_inference_model(model, cfg, job_dir / "model.keras")
+    checkpointer.wait()  # the last epoch's checkpoint is on disk before the job is marked complete
+    timer.lap("saving")
+
+    timing = timer.breakdown(float(sum(h.get("epoch_seconds", [])[first_epoch:])))
+    metrics: dict[str, Any] = {
+        "schema": 1, "arm": "cnn", "model": "cnn", "run": name, "feature_set": None, "augment": train.augment,
+        "fold": train.fold, "folds": train.folds, "group_by": train.group_by, "seed": train.seed,
+        "mixed_precision": resolve_mixed_precision(train),
+        "validation": validation,
+        "cv": None,
+        "train": {"loss": h["loss"][-1], "accuracy": h["accuracy"][-1]} if h.get("loss") else None,
+        "test": test,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "n_train": int(len(d.train)),
+        "input": d.input,
+        "saliency": saliency_method,
+        "distributed": {"mode": ctx.name, "size": ctx.size},
+        "devices": devices,
+        "training_seconds": float(sum(h.get("epoch_seconds", []))),
+        "timing": timing,
+        "elapsed_s": float(time.perf_counter() - job_started),  # all runs of the job
+    }
+    write_json(job_dir / "metrics.json", metrics)
+    log.info("time: %s", format_breakdown(timing))
+    log.info("done: %sofficial Test AUC %.4f (95%% CI %.4f-%.4f), trained on %d images -> %s",
+             f"validation AUC {validation['auc']:.4f}, " if validation else "", test["auc"], lo, hi, len(d.train),
+             job_dir)
+
