@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("config.yaml", "train.log", "history.json", "predictions.npz", "model.keras", "metrics.json")
-TIMING = ("import", "data", "build", "epochs", "between_epochs", "evaluation", "saliency", "saving", "total",
+TIMING = ("import", "data", "build", "epochs", "between_epochs", "evaluation", "metrics", "saving", "total",
           "overhead")
 
 
@@ -79,6 +79,7 @@ def test_five_folds_cover_train_once_keep_groups_apart_and_keep_class_ratios(pac
 @pytest.mark.timeout(240)
 def test_the_official_job_trains_on_every_train_image_and_predicts_test_once(packed_real, tmp_path, monkeypatch):
     from microcal_hpc.cnn import pipeline
+    from microcal_hpc.cnn import source as source_mod
     from microcal_hpc.dataset import load_split
 
     trained_on, sources = [], []
@@ -91,16 +92,17 @@ def test_the_official_job_trains_on_every_train_image_and_predicts_test_once(pac
             yield key, positions, x, y
 
     monkeypatch.setattr(pipeline, "training_batches", recording)
-    predictions = []
-    monkeypatch.setattr(tf.keras.Model, "predict", lambda self, *a, _p=tf.keras.Model.predict, **k:
-                        predictions.append(1) or _p(self, *a, **k))
+    reads: dict[int, int] = {}  # images read per source: one pass over Test reads each Test image once
+    read = source_mod.InMemoryImages.read
+    monkeypatch.setattr(source_mod.InMemoryImages, "read", lambda self, positions: (
+        reads.__setitem__(len(self), reads.get(len(self), 0) + len(positions)), read(self, positions))[1])
     job = _train(_cfg("train.epochs=1"), packed_real, tmp_path, "official")
     tr, te = load_split(packed_real, "train"), load_split(packed_real, "test")
     # every Train image, each once, in epoch 1 (636 on the real data), and nothing held out
     assert len(sources) == 1 and sources[0].rows.tolist() == list(range(len(tr)))
     seen = [p for epoch, batch in trained_on for p in batch if epoch == 0]
     assert sorted(seen) == list(range(len(tr))) == list(range(636))
-    assert predictions == [1]  # Test is predicted once, at the end
+    assert reads == {len(tr): len(tr), len(te): len(te)}  # one epoch of Train, one pass over Test (at the end)
     m = json.loads((job / "metrics.json").read_text())
     assert m["n_train"] == len(tr) and m["validation"] is None and m["fold"] is None
     assert m["input"] == {"train": "memory", "test": "memory"}
@@ -113,6 +115,12 @@ def test_the_official_job_trains_on_every_train_image_and_predicts_test_once(pac
         np.testing.assert_array_equal(z["test_ids"], te.ids)
         assert z["maps"].shape == (len(te), 60, 60) and z["maps"].dtype == np.float32 and z["maps"].min() >= 0
         assert str(z["method"]) == m["saliency"] and "conv2d_2 (15x15)" in m["saliency"]
+    # the probabilities of that pass are the saved model's
+    from microcal_hpc.cnn.predict import load_trained_model, predict_probabilities
+
+    with np.load(job / "predictions.npz") as p:
+        np.testing.assert_allclose(predict_probabilities(load_trained_model(job), te.images), p["test_prob"],
+                                   atol=1e-6)
     assert set(m["timing"]) == set(TIMING)
     assert m["timing"]["epochs"] == pytest.approx(sum(h["epoch_seconds"]), abs=1e-3)
     assert m["timing"]["total"] == pytest.approx(m["timing"]["epochs"] + m["timing"]["overhead"], abs=1e-2)

@@ -1,8 +1,9 @@
 """The end of a CNN job (root rank): score the final model once, then write its files (docs/outputs.md).
 
-Evaluation: one prediction pass over Test (and over the fold, unless the last epoch's validation pass
-already scored it with the final weights); losses from the probabilities (``predict.binary_cross_entropy``);
-Grad-CAM saliency of Test for jobs without a fold (``cnn/saliency.py``).
+Evaluation: one pass over Test: a prediction pass for fold jobs (and one over the fold, unless the
+last epoch's validation pass already scored it with the final weights), the Grad-CAM pass for jobs
+without a fold (``cnn/saliency.py``: maps and probabilities at once); losses from the probabilities
+(``predict.binary_cross_entropy``); metrics and the Test AUC's bootstrap interval.
 
 Files, each under a temporary name and renamed when complete: ``history.json``, ``predictions.npz``,
 ``saliency.npz`` (no fold), ``model.keras`` (the inference model: plain layers, no optimizer, loadable
@@ -50,13 +51,6 @@ def save_inference_model(model, cfg: Config, final: Path) -> None:
         os.replace(path, final)
 
 
-def _scores(model, part) -> tuple[np.ndarray, float]:
-    from microcal_hpc.cnn.predict import binary_cross_entropy, predict_probabilities
-
-    prob = predict_probabilities(model, part.source)
-    return prob, binary_cross_entropy(part.labels, prob)
-
-
 def evaluate_and_write(cfg: Config, job_dir: Path, name: str, model, d: JobData, state: checkpoint.TrainingState,
                        ctx, val_prob: np.ndarray | None, timer: PhaseTimer, checkpointer: checkpoint.Checkpointer,
                        *, devices: dict, first_epoch: int, job_started: float) -> None:
@@ -64,6 +58,7 @@ def evaluate_and_write(cfg: Config, job_dir: Path, name: str, model, d: JobData,
     validation pass, if it ran with the final weights; ``first_epoch``: where this run of the job started;
     ``job_started``: ``perf_counter()`` at which the job would have started had it run in one go."""
     from microcal_hpc.cnn.model import resolve_mixed_precision
+    from microcal_hpc.cnn.predict import binary_cross_entropy
     from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci
 
     train, report = cfg.train, cfg.report
@@ -73,30 +68,31 @@ def evaluate_and_write(cfg: Config, job_dir: Path, name: str, model, d: JobData,
             log.info("restored the weights of the lowest validation loss (%.4f)", state.best_val_loss)
             val_prob = None
     has_fold = train.fold is not None
-    val_loss = float("nan")
-    if has_fold and val_prob is None:
-        val_prob, val_loss = _scores(model, d.val)
-    elif has_fold:
-        from microcal_hpc.cnn.predict import binary_cross_entropy
+    maps = None
+    if has_fold:
+        from microcal_hpc.cnn.predict import predict_probabilities
 
-        val_loss = binary_cross_entropy(d.val.labels, val_prob)
-    test_prob, test_loss = _scores(model, d.test)
-    test = binary_metrics(d.test.labels, test_prob, loss=test_loss)
+        val_prob = predict_probabilities(model, d.val.source) if val_prob is None else val_prob
+        test_prob = predict_probabilities(model, d.test.source)
+    else:  # one pass over Test: the saliency maps and the probabilities
+        from microcal_hpc.cnn.saliency import grad_cam
+
+        maps, test_prob = grad_cam(model, d.test.source)
+    timer.lap("evaluation")
+    test = binary_metrics(d.test.labels, test_prob, loss=binary_cross_entropy(d.test.labels, test_prob))
     lo, hi = bootstrap_auc_ci(d.test.labels, test_prob, groups=d.test_bootstrap_groups, n_boot=report.bootstrap,
                               seed=report.seed)
     test.update(auc_ci=[lo, hi], auc_ci_method=f"group bootstrap, {report.bootstrap} resamples")
-    validation = binary_metrics(d.val.labels, val_prob, loss=val_loss) if has_fold else None
-    timer.lap("evaluation")
+    validation = (binary_metrics(d.val.labels, val_prob, loss=binary_cross_entropy(d.val.labels, val_prob))
+                  if has_fold else None)
+    timer.lap("metrics")
 
     saliency_method = None
-    if not has_fold:
-        from microcal_hpc.cnn.saliency import grad_cam, method_description, write_saliency
+    if maps is not None:
+        from microcal_hpc.cnn.saliency import method_description, write_saliency
 
         saliency_method = method_description(model)
-        maps = grad_cam(model, d.test.source)
-        timer.lap("saliency")
         write_saliency(job_dir / "saliency.npz", d.test.ids, maps, saliency_method)
-
     h = state.history
     write_json(job_dir / "history.json", h)
     write_predictions(job_dir / "predictions.npz", d, val_prob if has_fold else np.zeros(0), test_prob)

@@ -6,7 +6,8 @@ convolutions (7x7, 3x3) are too coarse. For each image: the gradient of the clus
 layer's input to its sigmoid) with respect to that layer's activations, averaged over the cells, weighs
 the channels; the weighted sum of the activations, clipped at zero, is upsampled bilinearly to the
 patch size. Larger values mark pixels whose features raise the model's evidence for a cluster; a map
-is all zeros where nothing does. One batched forward and backward pass over the images.
+is all zeros where nothing does. One batched forward and backward pass over the images, which also
+gives their probabilities: a job without a fold scores Test with this pass (one pass, no second one).
 
 ``saliency.npz``: ``test_ids`` (str, N, Test order), ``maps`` (float32, N x H x W, non-negative),
 ``method`` (str, one line).
@@ -38,31 +39,47 @@ def method_description(model) -> str:
             f"bilinear upsampling to {H}x{W}")
 
 
-def grad_cam(model, source) -> np.ndarray:
-    """float32 (N, H, W) Grad-CAM maps of every image of ``source`` (an image source or a uint8 array)."""
+def grad_cam(model, source) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps (float32 (N, H, W)) of every image of ``source`` (an image source or a uint8 array), and
+    from the same forward pass P(cluster) of each image (float64 (N,); ``model.predict``'s values to float32
+    rounding).
+
+    One traced function (a graph, like ``predict``'s: run eagerly, bfloat16 layers round differently and the
+    probabilities move by up to 0.02). The layers up to the target convolution run outside the gradient
+    tape, so nothing below it is differentiated (max-pooling gradients are slow under op determinism).
+    """
     import tensorflow as tf
 
     from microcal_hpc.cnn.pipeline import scale_images
     from microcal_hpc.cnn.source import InMemoryImages
 
     source = source if hasattr(source, "read") else InMemoryImages(np.asarray(source))
-    layer = _target_layer(model)
-    features = tf.keras.Model(model.inputs, [layer.output, model.layers[-2].output])
-    head = model.layers[-1]  # Dense(1, sigmoid): the logit is its input times its kernel plus its bias
-    size = model.input_shape[1:3]
-    maps = []
-    for start in range(0, len(source), BATCH):
-        x = tf.convert_to_tensor(scale_images(source.read(np.arange(start, min(start + BATCH, len(source))))))
-        with tf.GradientTape() as tape:
-            activations, hidden = features(x, training=False)
-            logit = tf.matmul(tf.cast(hidden, tf.float32), head.kernel) + head.bias
+    cut = model.layers.index(_target_layer(model)) + 1
+    lower, upper, head = model.layers[:cut], model.layers[cut:-1], model.layers[-1]
+    size = tuple(model.input_shape[1:3])
+
+    @tf.function(input_signature=[tf.TensorSpec((None,) + size + (1,), tf.float32)])
+    def one_pass(x):
+        activations = x
+        for layer in lower:
+            activations = layer(activations, training=False)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(activations)
+            hidden = activations
+            for layer in upper:
+                hidden = layer(hidden, training=False)
+            logit = tf.matmul(tf.cast(hidden, tf.float32), head.kernel) + head.bias  # the head's sigmoid input
         grads = tf.cast(tape.gradient(logit, activations), tf.float32)
-        activations = tf.cast(activations, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel and image
-        cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1, keepdims=True))
-        maps.append(tf.image.resize(cam, size, method="bilinear")[..., 0].numpy())
-    h, w = size
-    return np.concatenate(maps).astype(np.float32) if maps else np.zeros((0, h, w), np.float32)
+        cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(activations, tf.float32), axis=-1, keepdims=True))
+        return tf.image.resize(cam, size, method="bilinear")[..., 0], head(hidden, training=False)[:, 0]
+
+    maps, probs = [np.zeros((0,) + size, np.float32)], [np.zeros(0)]
+    for start in range(0, len(source), BATCH):
+        batch_maps, batch_probs = one_pass(scale_images(source.read(np.arange(start, min(start + BATCH, len(source))))))
+        maps.append(batch_maps.numpy())
+        probs.append(batch_probs.numpy())
+    return np.concatenate(maps).astype(np.float32), np.concatenate(probs).astype(np.float64)
 
 
 def write_saliency(path: str | Path, test_ids: np.ndarray, maps: np.ndarray, method: str) -> None:

@@ -1,7 +1,7 @@
 """What a training job reports about itself: where its time went, the devices it used, TensorBoard scalars.
 
 - :class:`PhaseTimer`: wall time per phase of the job (import, data, build, epochs, between epochs,
-  evaluation, saliency, saving), logged in one line at the end and recorded in ``metrics.json`` (``timing``).
+  evaluation, metrics, saving), logged in one line at the end and recorded in ``metrics.json`` (``timing``).
 - :func:`describe_devices`: TensorFlow's physical and logical devices, GPU names, ``CUDA_VISIBLE_DEVICES``
   and the CPU cores the process may use; logged and recorded in ``metrics.json`` (``devices``).
 - :class:`TensorBoardLog`: per-epoch scalars in ``JOB/tensorboard/`` (root rank only).
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 # the phases of a job in order; "fit" (Keras' fit) is split into "epochs" and "between_epochs"
-PHASES = ("import", "data", "build", "epochs", "between_epochs", "evaluation", "saliency", "saving")
+PHASES = ("import", "data", "build", "epochs", "between_epochs", "evaluation", "metrics", "saving")
 SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr")  # history keys written to TensorBoard
 
 
