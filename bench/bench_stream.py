@@ -45,10 +45,16 @@ def cache_dir() -> Path:
 
 
 def synthetic_packed(n: int) -> Path:
-    """A cached packed file with ``n`` synthetic Train patches (balanced) and 1,000 Test patches."""
+    """A cached packed file with ``n`` synthetic Train patches (balanced) and 1,000 Test patches.
+
+    The tree is written here, one source group per patch (``microcal_hpc.synthetic.make_image_tree`` names
+    its files by a four-digit case number, so beyond 40,000 patches per class its names repeat).
+    """
+    import numpy as np
+
     from data_prep.pack import pack_tree
     from microcal_hpc.config import DataConfig
-    from microcal_hpc.synthetic import make_image_tree
+    from microcal_hpc.synthetic import synthetic_patch
 
     out = cache_dir() / f"stream-{n}.h5"
     if out.is_file():
@@ -56,7 +62,15 @@ def synthetic_packed(n: int) -> Path:
     tree = cache_dir() / f"stream-tree-{n}"
     shutil.rmtree(tree, ignore_errors=True)
     print(f"making a synthetic packed file of {n} Train patches -> {out} (once)", flush=True)
-    make_image_tree(tree, counts={"Train": (n // 2, n - n // 2), "Test": (500, 500)})
+    rng = np.random.default_rng(0)
+    for split, per_class in (("Train", (n // 2, n - n // 2)), ("Test", (500, 500))):
+        for label, count in enumerate(per_class):
+            folder = tree / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(count):
+                img = synthetic_patch(rng, label)
+                name = f"{i:07d}{'sm'[label]}1_0_0.pgm_1.pgm"
+                (folder / name).write_bytes(b"P5\n60 60\n255\n" + img.tobytes())
     pack_tree(tree, out, DataConfig(), progress=True)
     shutil.rmtree(tree, ignore_errors=True)
     return out

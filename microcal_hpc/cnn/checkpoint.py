@@ -158,7 +158,7 @@ def restore(job_dir: str | Path, model, optimizer, state: TrainingState) -> None
     if not state.checkpoint or not path.is_file():
         raise InputError(f"{path}: checkpoint named by {STATE_FILE} is missing; remove the job folder to start over")
     arrays = _load_npz(path)
-    optimizer.build(model.trainable_variables)  # create Adam's slots so that they can be assigned
+    optimizer.build(model.trainable_variables)  # Adam's slots must exist to be assigned (a no-op when built)
     variables = _optimizer_variables(optimizer)
     weights = [arrays.get(f"weight_{i}") for i in range(len(model.weights))]
     saved = weights + [arrays.get(f"optimizer_{i}") for i in range(len(variables))]

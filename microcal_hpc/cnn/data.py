@@ -44,6 +44,11 @@ class JobData:
         """File chunks per shuffle window of the training order (at least one)."""
         return max(1, train.shuffle_buffer // self.train.source.chunk_len)
 
+    def close(self) -> None:
+        """Close the packed file where a part streams from it."""
+        for part in (self.train, self.val, self.test):
+            getattr(part.source, "close", lambda: None)()
+
 
 def load_job_data(path: str | Path, train: TrainConfig) -> JobData:
     """Open the parts of the packed file ``path`` that a job with settings ``train`` uses."""

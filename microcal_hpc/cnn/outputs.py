@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,68 @@ def save_inference_model(model, cfg: Config, final: Path) -> None:
         os.replace(path, final)
 
 
+@dataclass
+class Scores:
+    """The final model's scores."""
+
+    val_prob: np.ndarray  # the fold's probabilities; length 0 without a fold
+    test_prob: np.ndarray
+    maps: np.ndarray | None  # Grad-CAM maps of Test (jobs without a fold)
+
+
+def score(cfg: Config, job_dir: Path, model, d: JobData, state: checkpoint.TrainingState,
+          checkpointer: checkpoint.Checkpointer, val_prob: np.ndarray | None) -> Scores:
+    """One pass over Test (and over the fold when ``val_prob``, the last validation pass, is not the final
+    model's). With early stopping the best epoch's weights are loaded first."""
+    from microcal_hpc.cnn.predict import predict_probabilities
+
+    if cfg.train.early_stopping_patience:
+        checkpointer.wait()  # best.npz is written in the background
+        if checkpoint.load_best(job_dir, model):
+            log.info("restored the weights of the lowest validation loss (%.4f)", state.best_val_loss)
+            val_prob = None
+    if cfg.train.fold is None:  # the Grad-CAM pass: saliency maps and probabilities at once
+        from microcal_hpc.cnn.saliency import grad_cam
+
+        maps, test_prob = grad_cam(model, d.test.source)
+        return Scores(np.zeros(0), test_prob, maps)
+    val_prob = predict_probabilities(model, d.val.source) if val_prob is None else val_prob
+    return Scores(val_prob, predict_probabilities(model, d.test.source), None)
+
+
+def _metrics(labels: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
+    from microcal_hpc.cnn.predict import binary_cross_entropy
+    from microcal_hpc.metrics import binary_metrics
+
+    return binary_metrics(labels, prob, loss=binary_cross_entropy(labels, prob))
+
+
+def official_test_metrics(cfg: Config, d: JobData, s: Scores) -> dict[str, Any]:
+    """Test metrics with the AUC's group-bootstrap interval."""
+    from microcal_hpc.metrics import bootstrap_auc_ci
+
+    report = cfg.report
+    test = _metrics(d.test.labels, s.test_prob)
+    lo, hi = bootstrap_auc_ci(d.test.labels, s.test_prob, groups=d.test_bootstrap_groups, n_boot=report.bootstrap,
+                              seed=report.seed)
+    test.update(auc_ci=[lo, hi], auc_ci_method=f"group bootstrap, {report.bootstrap} resamples")
+    return test
+
+
+def write_files(cfg: Config, job_dir: Path, model, d: JobData, s: Scores, history: dict) -> str | None:
+    """Every output but metrics.json; return the saliency method line (None without maps)."""
+    method = None
+    if s.maps is not None:
+        from microcal_hpc.cnn.saliency import method_description, write_saliency
+
+        method = method_description(model)
+        write_saliency(job_dir / "saliency.npz", d.test.ids, s.maps, method)
+    write_json(job_dir / "history.json", history)
+    write_predictions(job_dir / "predictions.npz", d, s.val_prob, s.test_prob)
+    save_inference_model(model, cfg, job_dir / "model.keras")
+    return method
+
+
 def evaluate_and_write(cfg: Config, job_dir: Path, name: str, model, d: JobData, state: checkpoint.TrainingState,
                        ctx, val_prob: np.ndarray | None, timer: PhaseTimer, checkpointer: checkpoint.Checkpointer,
                        *, devices: dict, first_epoch: int, job_started: float) -> None:
@@ -58,50 +121,18 @@ def evaluate_and_write(cfg: Config, job_dir: Path, name: str, model, d: JobData,
     validation pass, if it ran with the final weights; ``first_epoch``: where this run of the job started;
     ``job_started``: ``perf_counter()`` at which the job would have started had it run in one go."""
     from microcal_hpc.cnn.model import resolve_mixed_precision
-    from microcal_hpc.cnn.predict import binary_cross_entropy
-    from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci
 
-    train, report = cfg.train, cfg.report
-    if train.early_stopping_patience:
-        checkpointer.wait()  # best.npz is written in the background
-        if checkpoint.load_best(job_dir, model):
-            log.info("restored the weights of the lowest validation loss (%.4f)", state.best_val_loss)
-            val_prob = None
-    has_fold = train.fold is not None
-    maps = None
-    if has_fold:
-        from microcal_hpc.cnn.predict import predict_probabilities
-
-        val_prob = predict_probabilities(model, d.val.source) if val_prob is None else val_prob
-        test_prob = predict_probabilities(model, d.test.source)
-    else:  # one pass over Test: the saliency maps and the probabilities
-        from microcal_hpc.cnn.saliency import grad_cam
-
-        maps, test_prob = grad_cam(model, d.test.source)
+    train, h = cfg.train, state.history
+    scores = score(cfg, job_dir, model, d, state, checkpointer, val_prob)
     timer.lap("evaluation")
-    test = binary_metrics(d.test.labels, test_prob, loss=binary_cross_entropy(d.test.labels, test_prob))
-    lo, hi = bootstrap_auc_ci(d.test.labels, test_prob, groups=d.test_bootstrap_groups, n_boot=report.bootstrap,
-                              seed=report.seed)
-    test.update(auc_ci=[lo, hi], auc_ci_method=f"group bootstrap, {report.bootstrap} resamples")
-    validation = (binary_metrics(d.val.labels, val_prob, loss=binary_cross_entropy(d.val.labels, val_prob))
-                  if has_fold else None)
+    test = official_test_metrics(cfg, d, scores)
+    validation = _metrics(d.val.labels, scores.val_prob) if train.fold is not None else None
     timer.lap("metrics")
-
-    saliency_method = None
-    if maps is not None:
-        from microcal_hpc.cnn.saliency import method_description, write_saliency
-
-        saliency_method = method_description(model)
-        write_saliency(job_dir / "saliency.npz", d.test.ids, maps, saliency_method)
-    h = state.history
-    write_json(job_dir / "history.json", h)
-    write_predictions(job_dir / "predictions.npz", d, val_prob if has_fold else np.zeros(0), test_prob)
-    save_inference_model(model, cfg, job_dir / "model.keras")
+    saliency = write_files(cfg, job_dir, model, d, scores, h)
     checkpointer.wait()  # the last epoch's checkpoint is on disk before the job is marked complete
     timer.lap("saving")
-
     timing = timer.breakdown(float(sum(h.get("epoch_seconds", [])[first_epoch:])))
-    metrics: dict[str, Any] = {
+    write_json(job_dir / "metrics.json", {
         "schema": 1, "arm": "cnn", "model": "cnn", "run": name, "feature_set": None, "augment": train.augment,
         "fold": train.fold, "folds": train.folds, "group_by": train.group_by, "seed": train.seed,
         "mixed_precision": resolve_mixed_precision(train),
@@ -113,16 +144,15 @@ def evaluate_and_write(cfg: Config, job_dir: Path, name: str, model, d: JobData,
         "stopped_early": state.stopped_early,
         "n_train": int(len(d.train)),
         "input": d.input,
-        "saliency": saliency_method,
+        "saliency": saliency,
         "distributed": {"mode": ctx.name, "size": ctx.size},
         "devices": devices,
         "training_seconds": float(sum(h.get("epoch_seconds", []))),
         "timing": timing,
         "elapsed_s": float(time.perf_counter() - job_started),  # all runs of the job
-    }
-    write_json(job_dir / "metrics.json", metrics)
+    })
     log.info("time: %s", format_breakdown(timing))
+    lo, hi = test["auc_ci"]
     log.info("done: %sofficial Test AUC %.4f (95%% CI %.4f-%.4f), trained on %d images -> %s",
              f"validation AUC {validation['auc']:.4f}, " if validation else "", test["auc"], lo, hi, len(d.train),
              job_dir)
-

@@ -160,10 +160,10 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, tim
         log.info("%s: already complete (metrics.json exists); not retraining", job_dir)
         return job_dir
 
-    import tensorflow as tf
+    import tensorflow  # noqa: F401  (the import is a phase of its own in the job's timing)
 
     from microcal_hpc.cnn.data import load_job_data
-    from microcal_hpc.cnn.model import build_model, compile_model
+    from microcal_hpc.cnn.model import resolve_mixed_precision
     from microcal_hpc.cnn.tracking import describe_devices, format_devices
 
     timer.lap("import")
@@ -171,58 +171,71 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, tim
     train = cfg.train
     _set_determinism(train)
     d = load_job_data(data, train)
+    try:
+        state = _state_to_continue(cfg, job_dir, ctx, d.fingerprint)
+        job_started = timer.start - state.elapsed_s  # earlier runs of a resumed job count
+        timer.lap("data")
+        model, optimizer, base_lr = _build(cfg, job_dir, d, state, ctx)
+        devices = describe_devices()
+        log.info(format_devices(devices))
+        log.info("%s: %d training, %d validation, %d official Test images (input: %s); augment=%s, precision=%s, "
+                 "%d ranks (%s)%s", name, len(d.train), len(d.val), len(d.test),
+                 ", ".join(f"{k} {v}" for k, v in d.input.items()), train.augment, resolve_mixed_precision(train),
+                 ctx.size, ctx.name, f"; resuming after epoch {state.epoch}" if state.epoch else "")
+        timer.lap("build")
+
+        first_epoch = state.epoch
+        checkpointer = checkpoint.Checkpointer(job_dir) if ctx.is_root else None
+        try:
+            val_prob = _fit(cfg, job_dir, model, optimizer, d, state, ctx, base_lr, timer, checkpointer, job_started)
+            if ctx.is_root:
+                from microcal_hpc.cnn.outputs import evaluate_and_write
+
+                evaluate_and_write(cfg, job_dir, name, model, d, state, ctx, val_prob, timer, checkpointer,
+                                   devices=devices, first_epoch=first_epoch, job_started=job_started)
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
+    finally:
+        d.close()
+    ctx.barrier()
+    return job_dir
+
+
+def _state_to_continue(cfg: Config, job_dir: Path, ctx, data_fingerprint: str) -> checkpoint.TrainingState:
+    """The checkpointed state of an unfinished job (after checking it may continue), or a fresh one."""
+    fingerprint = _fingerprint(cfg, ctx.size, data_fingerprint)
     state = checkpoint.load_state(job_dir)
-    fingerprint = _fingerprint(cfg, ctx.size, d.fingerprint)
     if state is not None:
-        _check_resumable(job_dir, train, state, fingerprint)
-    else:
-        state = checkpoint.TrainingState(fingerprint=fingerprint)
-    state.fingerprint = fingerprint
-    job_started = timer.start - state.elapsed_s  # earlier runs of a resumed job count
+        _check_resumable(job_dir, cfg.train, state, fingerprint)
     if ctx.is_root:
         save_config(cfg, job_dir / "config.yaml")
         checkpoint.remove_stale_temporaries(job_dir)
-    timer.lap("data")
+    return state or checkpoint.TrainingState(fingerprint=fingerprint)
 
+
+def _build(cfg: Config, job_dir: Path, d, state: checkpoint.TrainingState, ctx):
+    """(model, optimizer, learning rate after scaling for the ranks), restored from the checkpoint if any."""
+    import tensorflow as tf
+
+    from microcal_hpc.cnn.model import build_model, compile_model
+
+    train = cfg.train
     base_lr = ctx.learning_rate(train.learning_rate)
     optimizer = ctx.wrap_optimizer(tf.keras.optimizers.Adam(learning_rate=base_lr))
     model = build_model(d.train.source.image_shape + (1,), train, step=optimizer.iterations,
                         dropout_seed=dropout_seed(train.seed, ctx.rank))
     compile_model(model, optimizer, train)
+    # Adam's slots now, not inside the first training step: a tf.function that creates variables on its
+    # first call is traced twice (1.5 s of CPU on 2 cores)
+    optimizer.build(model.trainable_variables)
     if state.epoch:
         checkpoint.restore(job_dir, model, optimizer, state)
     if ctx.allreduce_mean(float(state.epoch), "resume_epoch") != state.epoch:
         raise ConfigError(f"{job_dir}: ranks found different checkpoints; is checkpoints/ on a shared file system?")
     if state.epoch:
         ctx.broadcast_variables(model, optimizer)  # every rank continues from rank 0's variables
-    devices = describe_devices()
-    log.info(format_devices(devices))
-    log.info("%s: %d training, %d validation, %d official Test images (input: %s); augment=%s, precision=%s, "
-             "%d ranks (%s)%s", name, len(d.train), len(d.val), len(d.test),
-             ", ".join(f"{k} {v}" for k, v in d.input.items()), train.augment, _precision(train), ctx.size, ctx.name,
-             f"; resuming after epoch {state.epoch}" if state.epoch else "")
-    timer.lap("build")
-
-    first_epoch = state.epoch
-    checkpointer = checkpoint.Checkpointer(job_dir) if ctx.is_root else None
-    try:
-        val_prob = _fit(cfg, job_dir, model, optimizer, d, state, ctx, base_lr, timer, checkpointer, job_started)
-        if ctx.is_root:
-            from microcal_hpc.cnn.outputs import evaluate_and_write
-
-            evaluate_and_write(cfg, job_dir, name, model, d, state, ctx, val_prob, timer, checkpointer,
-                               devices=devices, first_epoch=first_epoch, job_started=job_started)
-    finally:
-        if checkpointer is not None:
-            checkpointer.close()
-    ctx.barrier()
-    return job_dir
-
-
-def _precision(train: TrainConfig) -> str:
-    from microcal_hpc.cnn.model import resolve_mixed_precision
-
-    return resolve_mixed_precision(train)
+    return model, optimizer, base_lr
 
 
 def _fit(cfg: Config, job_dir: Path, model, optimizer, d, state: checkpoint.TrainingState, ctx, base_lr: float,
