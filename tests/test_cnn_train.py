@@ -256,6 +256,32 @@ def test_validation_based_settings_without_a_fold_are_refused_in_one_line(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+def test_a_streamed_job_trains_the_same_model_as_an_in_memory_one(make_tree, tmp_path):
+    from data_prep.pack import pack_tree
+    from microcal_hpc.config import DataConfig
+
+    root = make_tree(counts={"Train": (24, 24), "Test": (6, 6)})
+    packed = tmp_path / "chunks16.h5"
+    pack_tree(root, packed, DataConfig(chunk_size=16))  # 3 chunks of Train; windows of 2 chunks below
+    settings = ["train.epochs=2", "train.fold=1", "train.folds=3", "train.augment=flips", "train.batch_size=8",
+                "train.shuffle_buffer=32"]
+    jobs = {mode: _train(_cfg(*settings, f"train.input={mode}"), packed, tmp_path / mode, "job")
+            for mode in ("memory", "stream")}
+    metrics = {mode: json.loads((job / "metrics.json").read_text()) for mode, job in jobs.items()}
+    assert metrics["stream"]["input"] == {"train": "stream", "test": "stream"}
+    assert metrics["memory"]["input"] == {"train": "memory", "test": "memory"}
+    for m in metrics.values():  # what may differ: the input mode and the times
+        for key in ("input", "timing", "elapsed_s", "training_seconds"):
+            del m[key]
+    assert metrics["stream"] == metrics["memory"]
+    assert _history(jobs["stream"]) == _history(jobs["memory"])
+    with np.load(jobs["memory"] / "predictions.npz") as a, np.load(jobs["stream"] / "predictions.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_same_seed_twice_gives_identical_history(packed_synthetic, tmp_path):
     overrides = ["train.epochs=2", "train.lr_schedule=cosine", "train.augment=reference", "train.seed=3"]
     a = _train(_cfg(*overrides), packed_synthetic, tmp_path, "a")
@@ -280,17 +306,24 @@ def test_unknown_augmentation_fails_before_anything_is_written(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_a_48x48_data_set_trains_through_the_job_and_predict_checks_the_size(make_tree, tmp_path, capsys):
+def test_a_48x48_data_set_trains_through_the_job_and_predict_checks_the_size(make_tree, tmp_path, capsys,
+                                                                            monkeypatch):
     from data_prep.pack import pack_tree
     from jobs import cli
+    from microcal_hpc.cnn import callbacks
     from microcal_hpc.config import DataConfig
 
     root = make_tree(counts={"Train": (16, 16), "Test": (4, 4)}, shape=(48, 48))
     packed = tmp_path / "p48.h5"
     pack_tree(root, packed, DataConfig())
-    job = _train(_cfg("train.epochs=1", "train.augment=flips"), packed, tmp_path / "run", "official")
+    monkeypatch.setattr(callbacks, "PROGRESS_SECONDS", 0.0)  # a progress line after every step
+    job = _train(_cfg("train.epochs=1", "train.augment=flips", "train.batch_size=8", "train.steps_per_execution=1"),
+                 packed, tmp_path / "run", "official")
     with np.load(job / "predictions.npz") as p:
         assert len(p["test_prob"]) == 8 and np.isfinite(p["test_prob"]).all()
+    assert "epoch 1/1: 50% of its 4 steps" in (job / "train.log").read_text()
+    with np.load(job / "saliency.npz") as z:
+        assert z["maps"].shape == (8, 48, 48) and "conv2d_2 (12x12)" in str(z["method"])
     other = make_tree("t60", counts={"Test": (1, 0)})
     rc = cli.main(["predict", "--model", str(job), "--images", str(other), "--out", str(tmp_path / "o.csv")])
     assert rc == 2 and "the model expects 48x48" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The per-epoch work of the training job, as one Keras callback (:func:`make_epoch_callback`).
 
-At the start of an epoch: the cosine learning-rate schedule. At its end: validation on the fold (one
+At the start of an epoch: the cosine learning-rate schedule. During a long epoch: a progress line every
+``PROGRESS_SECONDS``. At its end: validation on the fold (one
 prediction pass; loss, accuracy and AUC from the probabilities), the history row and its log line,
 the plateau schedule and early stopping (fold jobs only), a checkpoint (snapshot now, written in the
 background) and the TensorBoard scalars. Epoch time (``epoch_seconds``) runs from the epoch's start to
@@ -26,6 +27,7 @@ PLATEAU_PATIENCE = 3
 PLATEAU_FACTOR = 0.5
 MIN_LR = 1e-6
 LOGGED = ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc")  # history keys in the epoch's log line
+PROGRESS_SECONDS = 60.0
 
 log = get_logger("cnn.train")
 
@@ -38,6 +40,7 @@ class EpochSettings:
     base_lr: float  # the learning rate after scaling for the ranks (cosine starts from it)
     warmup_epochs: int  # Horovod warm-up: the cosine schedule leaves these epochs alone
     images_per_epoch: int  # over all ranks
+    steps_per_epoch: int  # per rank
     job_started: float  # perf_counter() at which the job would have started had it run in one go
 
 
@@ -69,7 +72,15 @@ def make_epoch_callback(s: EpochSettings, state: TrainingState, optimizer, valid
             if train.lr_schedule == "cosine" and epoch >= s.warmup_epochs:
                 lr = s.base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / train.epochs))
                 optimizer.learning_rate.assign(max(lr, MIN_LR))
-            self.t0 = time.perf_counter()
+            self.t0 = self.last_progress = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if now - self.last_progress >= PROGRESS_SECONDS:
+                self.last_progress = now
+                done = (batch + 1) / s.steps_per_epoch
+                log.info("epoch %d/%d: %.0f%% of its %d steps, %.0f img/s", state.epoch + 1, train.epochs, 100 * done,
+                         s.steps_per_epoch, done * s.images_per_epoch / (now - self.t0))
 
         def on_epoch_end(self, epoch, logs=None):
             train_seconds = time.perf_counter() - self.t0

@@ -255,7 +255,7 @@ def _fit(cfg: Config, job_dir: Path, model, optimizer, d, state: checkpoint.Trai
     settings = EpochSettings(train=train, base_lr=base_lr,
                              warmup_epochs=cfg.distributed.warmup_epochs if ctx.size > 1 else 0,
                              images_per_epoch=parallel_math.equal_shard_length(n, ctx.size) * ctx.size,
-                             job_started=job_started)
+                             steps_per_epoch=steps, job_started=job_started)
     tensorboard = TensorBoardLog(job_dir / "tensorboard", state.history) if ctx.is_root else None
     callback = make_epoch_callback(settings, state, optimizer, d.val if len(d.val) else None, checkpointer,
                                    tensorboard)
