@@ -342,3 +342,22 @@ def test_early_stopping_ends_training_and_keeps_the_best_weights(packed_syntheti
     assert len(h["epoch"]) == best + 2  # patience 1: one epoch without improvement
     # the saved model is the best epoch's: its validation loss is the best one, not the last one
     assert m["validation"]["loss"] == pytest.approx(h["val_loss"][best], rel=1e-4)
+
+
+def test_a_restarted_job_removes_only_the_temporaries_a_killed_run_left(tmp_path):
+    from microcal_hpc.cnn.checkpoint import remove_stale_temporaries
+
+    job = tmp_path / "official"
+    (job / "checkpoints").mkdir(parents=True)
+    left = [job / ".predictions.npz.k2j3.tmp", job / "checkpoints" / ".epoch-0003.npz.x1.tmp",
+            job / "checkpoints" / ".state.json.a9.tmp"]
+    for p in left:
+        p.write_bytes(b"half")
+    (job / ".model.keras.q8.tmp").mkdir()  # save_inference_model's folder
+    (job / ".model.keras.q8.tmp" / "model.keras").write_bytes(b"half")
+    kept = [job / "checkpoints" / "epoch-0002.npz", job / "checkpoints" / "state.json", job / "train.log",
+            job / ".hidden-but-not-ours"]
+    for p in kept:
+        p.write_bytes(b"whole")
+    assert remove_stale_temporaries(job) == 4
+    assert sorted(p for p in job.rglob("*") if p.is_file()) == sorted(kept)

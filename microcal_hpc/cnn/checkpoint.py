@@ -18,6 +18,7 @@ counter is one of the optimizer's variables, so a resumed job continues bit for 
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,10 +138,14 @@ class Checkpointer:
 
 
 def remove_stale_temporaries(job_dir: str | Path) -> int:
-    """Delete the temporary files a killed run left in ``checkpoints/`` (call before training starts)."""
-    stale = [p for p in checkpoint_dir(job_dir).glob(".*.tmp")]
+    """Delete what a killed run of the job left under temporary names (``.*.tmp`` files and folders in the
+    job folder and in ``checkpoints/``); call before the job starts writing."""
+    stale = [*Path(job_dir).glob(".*.tmp"), *checkpoint_dir(job_dir).glob(".*.tmp")]
     for p in stale:
-        p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return len(stale)
 
 

@@ -46,7 +46,7 @@ def save_inference_model(model, cfg: Config, final: Path) -> None:
 
     export = build_model(model.input_shape[1:], cfg.train)
     export.set_weights(model.get_weights())
-    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent) as tmp:
         path = Path(tmp) / final.name
         export.save(path)
         os.replace(path, final)

@@ -209,8 +209,8 @@ def _state_to_continue(cfg: Config, job_dir: Path, ctx, data_fingerprint: str) -
     if state is not None:
         _check_resumable(job_dir, cfg.train, state, fingerprint)
     if ctx.is_root:
-        save_config(cfg, job_dir / "config.yaml")
         checkpoint.remove_stale_temporaries(job_dir)
+        save_config(cfg, job_dir / "config.yaml")
     return state or checkpoint.TrainingState(fingerprint=fingerprint)
 
 
