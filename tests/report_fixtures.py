@@ -204,7 +204,7 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         records.append((f"{stage}-{name}", rec))
 
     # ---- CNN single runs
-    tr_idx, va_idx = train_validation_indices(tr_split, "group", 0, None, FOLDS)
+    tr_idx, va_idx = train_validation_indices(tr_split, "group", 0, None, FOLDS, 0.2)
     for name, fg in (("official", CNN_OFFICIAL_FG), ("augment-flips", CNN_AUGMENT_FG)):
         folder = run / "cnn" / name
         folder.mkdir(parents=True, exist_ok=True)

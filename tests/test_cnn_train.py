@@ -145,7 +145,8 @@ def test_two_epochs_of_a_fold_job_on_real_data_write_every_output_with_matching_
         assert (job / f).is_file(), f
     assert not (job / "saliency.npz").exists()  # fold jobs: no saliency
     tr, te = load_split(packed_real, "train"), load_split(packed_real, "test")
-    t_idx, v_idx = train_validation_indices(tr, "group", 0, 1, 5)
+    group_by = _cfg().train.group_by  # the default grouping
+    t_idx, v_idx = train_validation_indices(tr, group_by, 0, 1, 5)
     with np.load(job / "predictions.npz") as p:
         np.testing.assert_array_equal(p["test_ids"], te.ids)  # every official Test image, in file order
         np.testing.assert_array_equal(p["test_labels"], te.labels)
@@ -158,7 +159,7 @@ def test_two_epochs_of_a_fold_job_on_real_data_write_every_output_with_matching_
         test_prob, val_prob = p["test_prob"], p["val_prob"]
     m = json.loads((job / "metrics.json").read_text())
     assert (m["schema"], m["arm"], m["model"], m["run"], m["fold"], m["folds"]) == (1, "cnn", "cnn", "fold-1", 1, 5)
-    assert m["augment"] == "none" and m["group_by"] == "group" and m["feature_set"] is None
+    assert m["augment"] == "none" and m["group_by"] == group_by and m["feature_set"] is None
     assert m["n_train"] == len(t_idx) and m["validation"]["n"] == len(v_idx) and m["test"]["n"] == len(te.ids)
     lo, hi = m["test"]["auc_ci"]
     assert 0 <= lo <= m["test"]["auc"] <= hi <= 1
