@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from microcal_hpc.cnn.source import input_mode, open_source
+from microcal_hpc.cnn.source import input_mode, open_source, split_size
 from microcal_hpc.config import TrainConfig
 
 
@@ -55,14 +55,13 @@ def load_job_data(path: str | Path, train: TrainConfig) -> JobData:
     from microcal_hpc.dataset import load_split
     from microcal_hpc.splits import split_groups, train_validation_indices
 
-    tr = load_split(path, "train", images=False)
-    te = load_split(path, "test", images=False)
+    modes = {split: input_mode(train, *split_size(path, split)) for split in ("train", "test")}
+    # a split held in memory is read (and checked) at once; a streamed one reads its images chunk by chunk
+    tr, te = (load_split(path, split, images=modes[split] == "memory") for split in ("train", "test"))
     tr_idx, va_idx = train_validation_indices(tr, train.group_by, train.seed, train.fold, train.folds)
-    modes = {s.name: input_mode(train, len(s), s.images.shape[1:]) for s in (tr, te)}
-    tr_images = _read_all(path, "train") if modes["train"] == "memory" else None
-    te_images = _read_all(path, "test") if modes["test"] == "memory" else None
 
-    def part(split, rows, images) -> Part:
+    def part(split, rows) -> Part:
+        images = split.images if modes[split.name] == "memory" else None
         source = open_source(path, split.name, rows, modes[split.name], images)
         return Part(source, split.labels[rows], split.ids[rows], split.groups[rows])
 
@@ -70,15 +69,8 @@ def load_job_data(path: str | Path, train: TrainConfig) -> JobData:
     for arr in (tr.ids, tr.labels, tr.pixel_hash, te.ids, te.pixel_hash, tr_idx, va_idx):
         h.update("\n".join(map(str, arr)).encode())
     return JobData(
-        train=part(tr, tr_idx, tr_images), val=part(tr, va_idx, tr_images),
-        test=part(te, np.arange(len(te)), te_images),
+        train=part(tr, tr_idx), val=part(tr, va_idx), test=part(te, np.arange(len(te))),
         val_fold=-1 if train.fold is None else int(train.fold),
         test_bootstrap_groups=split_groups(te, train.group_by),
         input=modes, fingerprint=h.hexdigest(),
     )
-
-
-def _read_all(path: str | Path, split: str) -> np.ndarray:
-    from microcal_hpc.dataset import read_images, split_length
-
-    return read_images(path, split, 0, split_length(path, split))

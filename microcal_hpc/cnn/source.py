@@ -25,6 +25,13 @@ from microcal_hpc.dataset import open_packed
 MB = 1 << 20
 
 
+def split_size(path: str | os.PathLike, split: str) -> tuple[int, tuple[int, ...]]:
+    """(number of images, image shape) of one split of a packed file, without reading the images."""
+    with open_packed(path) as f:
+        shape = f[split]["images"].shape
+    return shape[0], tuple(shape[1:])
+
+
 def input_mode(train: TrainConfig, n_images: int, image_shape: tuple[int, ...]) -> str:
     """``memory`` or ``stream`` for a split of ``n_images`` uint8 images of ``image_shape``."""
     if train.input != "auto":
@@ -107,7 +114,8 @@ class StreamedImages(_Source):
 
 def open_source(path: str | os.PathLike, split: str, rows: np.ndarray, mode: str,
                 images: np.ndarray | None = None):
-    """A source for ``rows`` of ``split``: ``images`` (the split's, already read) when ``mode`` is memory."""
+    """A source for ``rows`` of ``split``: ``images`` (the split's, already read; read now when None) when
+    ``mode`` is memory."""
     if mode == "stream":
         return StreamedImages(path, split, rows)
     with open_packed(path) as f:
