@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                             "rss_target_mb": RSS_TARGET_MB}
             for r in scale:
                 print(f"{args.n} patches, 1 epoch, input {r['mode']}: peak RSS {r['peak_rss_mb']:.0f} MB "
-                      f"(target < {RSS_TARGET_MB}), {r['images_per_second'][0]:.0f} images/s, wall {r['wall_s']:.0f} s, "
+                      f"(target < {RSS_TARGET_MB}), {r['images_per_second'][0]:.0f} images/s, "
+                      f"wall {r['wall_s']:.0f} s, "
                       f"load {r['load_avg_1min']:.1f}", flush=True)
         real = real_packed(work)
         runs: dict[str, list[dict]] = {"memory": [], "stream": []}

@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(r)
                 overhead = f", overhead {r['timing']['overhead']:.1f} s" if "timing" in r else ""
                 print(f"{name:10s} seed {seed}: {r['steady_images_per_second']:7.0f} img/s  "
-                      f"val AUC {r['val_auc']:.4f}  ({r['wall_seconds']:.0f} s{overhead}, load {r['load_avg_1min']:.1f})",
+                      f"val AUC {r['val_auc']:.4f}  ({r['wall_seconds']:.0f} s{overhead}, "
+                      f"load {r['load_avg_1min']:.1f})",
                       flush=True)
 
     results = {}

@@ -1,11 +1,11 @@
 """The per-epoch work of the training job, as one Keras callback (:func:`make_epoch_callback`).
 
 At the start of an epoch: the cosine learning-rate schedule. During a long epoch: a progress line every
-``PROGRESS_SECONDS``. At its end: validation on the fold (one
-prediction pass; loss, accuracy and AUC from the probabilities), the history row and its log line,
-the plateau schedule and early stopping (fold jobs only), a checkpoint (snapshot now, written in the
-background) and the TensorBoard scalars. Epoch time (``epoch_seconds``) runs from the epoch's start to
-the end of its validation; the checkpoint and TensorBoard come after it.
+``PROGRESS_SECONDS``. At its end: validation on the fold (one prediction pass; loss, accuracy and AUC
+from the probabilities), the history row and its log line, the plateau schedule and early stopping
+(fold jobs only), a checkpoint (snapshot now, written in the background) and the TensorBoard scalars.
+Epoch time (``epoch_seconds``) runs from the epoch's start to the end of its validation; the checkpoint
+and TensorBoard come after it.
 """
 from __future__ import annotations
 
