@@ -80,8 +80,8 @@ def _settings_changes(job_dir: Path, train: TrainConfig, ignore: tuple[str, ...]
             if f.name not in RESULT_NEUTRAL + ignore and getattr(old, f.name) != getattr(train, f.name)]
 
 
-def _refuse(job_dir: Path, what: str, remedy: str = "use another --name or remove the folder") -> None:
-    raise ConfigError(f"{job_dir}: {what}; {remedy}")
+def _refuse(job_dir: Path, what: str) -> None:
+    raise ConfigError(f"{job_dir}: {what}; use another --name or remove the folder")
 
 
 def _check_finished_job(job_dir: Path, train: TrainConfig) -> None:
