@@ -362,3 +362,25 @@ def test_a_restarted_job_removes_only_the_temporaries_a_killed_run_left(tmp_path
         p.write_bytes(b"whole")
     assert remove_stale_temporaries(job) == 4
     assert sorted(p for p in job.rglob("*") if p.is_file()) == sorted(kept)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_checkpoint_that_cannot_be_written_ends_the_job_with_one_line(packed_synthetic, tmp_path, monkeypatch,
+                                                                        capsys):
+    import errno
+
+    from jobs import cli
+    from microcal_hpc.cnn import checkpoint
+
+    def full_disk(path, arrays):  # what the background writer meets on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "_write_npz", full_disk)
+    rc = cli.main(["train", "--data", str(packed_synthetic), "--run-dir", str(tmp_path), "--name", "official",
+                   "--epochs", "2", "--set", "report.bootstrap=50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1] == (f"microcal-hpc train: error: {tmp_path / 'official' / 'checkpoints'}: cannot write a checkpoint "
+                       "(No space left on device)")
+    assert not (tmp_path / "official" / "metrics.json").exists()

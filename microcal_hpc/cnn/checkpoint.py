@@ -124,8 +124,10 @@ class Checkpointer:
 
     def _raise_failures(self) -> None:
         for future in self._pending:
-            if future.done() and future.exception() is not None:
-                e = future.exception()
+            e = future.exception() if future.done() else None
+            if isinstance(e, MicrocalError):  # already one line naming the file (e.g. a full disk)
+                raise e
+            if e is not None:
                 raise MicrocalError(f"{self.dir}: cannot write a checkpoint ({getattr(e, 'strerror', None) or e})")
 
     def _write_epoch(self, arrays: dict[str, np.ndarray], state: dict) -> None:
