@@ -1,5 +1,5 @@
 """`microcal-hpc train`: train the CNN once into RUN_DIR/NAME (:func:`microcal_hpc.cnn.train.train_cnn`;
-resumable; skipped when complete).
+resumable; skipped when complete, refused when complete with other settings).
 
 Examples::
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from microcal_hpc import cli
+from microcal_hpc.cnn.augment import PRESETS
 
 FLAGS = {
     "fold": "train.fold",
@@ -21,6 +22,7 @@ FLAGS = {
     "epochs": "train.epochs",
     "seed": "train.seed",
     "distributed": "distributed.mode",
+    "input": "train.input",
 }
 
 
@@ -28,12 +30,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE.h5", help="packed data set (microcal-hpc pack)")
     p.add_argument("--run-dir", required=True, metavar="DIR", help="folder that receives the job folder NAME")
     p.add_argument("--name", required=True, help="job name, e.g. official, fold-2, augment-flips")
-    p.add_argument("--fold", type=int, metavar="K", help="0-based CV fold used as validation (default: hold-out)")
+    p.add_argument("--fold", type=int, metavar="K",
+                   help="0-based CV fold used as validation (default: none, train on all of Train)")
     p.add_argument("--folds", type=int, metavar="N", help="number of CV folds (default 5)")
     p.add_argument("--group-by", choices=("group", "case", "none"), help="what must not straddle a split")
-    p.add_argument("--augment", metavar="PRESET", help="augmentation preset: none, flips, seed_study, strong")
+    p.add_argument("--augment", metavar="PRESET", help=f"augmentation preset: {', '.join(PRESETS)}")
     p.add_argument("--epochs", type=int, metavar="E")
     p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--input", choices=("auto", "memory", "stream"),
+                   help="hold the images in memory or stream them from the packed file (auto: by size)")
     p.add_argument("--distributed", choices=("auto", "horovod", "none"),
                    help="auto: Horovod when launched with several ranks (default)")
     cli.add_config_arguments(p)

@@ -60,19 +60,22 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """CNN training hyper-parameters and the validation scheme."""
+    """CNN training hyper-parameters and the validation scheme.
+
+    A job with a ``fold`` validates on that fold of Train after every epoch; a job without one (the
+    official and the augmentation jobs) trains on all of Train and has no validation part.
+    """
 
     epochs: int = 25
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
-    val_fraction: float = 0.2  # group-aware stratified hold-out when no fold is given
-    fold: Optional[int] = None  # 0-based fold index; None: hold-out split
+    fold: Optional[int] = None  # 0-based CV fold used as validation; None: train on all of Train
     folds: int = 5
     group_by: str = "case"  # case | group | none (folds; pixel-identical images always merged)
     augment: str = "none"  # a preset name from microcal_hpc.cnn.augment
-    early_stopping_patience: int = 0  # 0: off; monitors validation loss
-    lr_schedule: str = "constant"  # constant | cosine | plateau
+    early_stopping_patience: int = 0  # 0: off; monitors the fold's validation loss (needs a fold)
+    lr_schedule: str = "constant"  # constant | cosine | plateau (plateau needs a fold)
     jit_compile: bool = False  # XLA
     # none | bfloat16 | auto (bfloat16 where the hardware has native bf16: Ampere+ GPUs, CPUs with
     # AVX512_BF16/AMX; float32 elsewhere). bench/bench_train.py: 1.5x the float32 speed, same AUC.
@@ -82,18 +85,22 @@ class TrainConfig:
     # 1.08x with 16 on 2 CPU cores (bench/README.md); forced to 1 with Horovod ranks, whose callbacks
     # act per batch. Per-epoch callbacks (checkpoints, schedules, history) are unaffected.
     steps_per_execution: int = 16
-    # Tests and preemption drills only: stop cleanly after this many epochs, as if the job were killed
-    # right after that epoch's checkpoint (no outputs; run again to resume). None: off.
-    stop_after_epoch: Optional[int] = None
+    # Where training and evaluation images come from (microcal_hpc/cnn/source.py): memory (the split
+    # is read once) | stream (chunks read from the packed file as needed) | auto (stream when the
+    # Train images exceed input_memory_mb). Both give the same batches, so the same model.
+    input: str = "auto"
+    input_memory_mb: float = 1024.0
+    # Images per shuffle window: every epoch visits the packed file's chunks in a shuffled order and
+    # shuffles the images within windows of this many images (whole chunks; cnn/pipeline.py).
+    shuffle_buffer: int = 16384
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.steps_per_execution", self.steps_per_execution)
+        _positive("train.shuffle_buffer", self.shuffle_buffer)
         if not self.learning_rate > 0:
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.folds < 2:
             raise ConfigError(f"train.folds must be >= 2, got {self.folds}")
         if self.fold is not None and not 0 <= self.fold < self.folds:
@@ -102,13 +109,17 @@ class TrainConfig:
         _check_presets("train.augment", [self.augment])
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine", "plateau"))
         _choice("train.mixed_precision", self.mixed_precision, ("none", "bfloat16", "auto"))
+        _choice("train.input", self.input, ("auto", "memory", "stream"))
         if self.early_stopping_patience < 0:
             raise ConfigError("train.early_stopping_patience must be >= 0")
+        if self.fold is None and (self.early_stopping_patience or self.lr_schedule == "plateau"):
+            raise ConfigError("train.early_stopping_patience and train.lr_schedule=plateau need a validation fold "
+                              "(train.fold); jobs without one train on all of Train")
         if self.jit_compile and self.deterministic:
             raise ConfigError("train.jit_compile=true needs train.deterministic=false "
                               "(XLA has no deterministic max-pooling gradient)")
-        if self.stop_after_epoch is not None and self.stop_after_epoch < 1:
-            raise ConfigError(f"train.stop_after_epoch must be >= 1, got {self.stop_after_epoch}")
+        if not self.input_memory_mb > 0:
+            raise ConfigError(f"train.input_memory_mb must be > 0, got {self.input_memory_mb}")
 
 
 @dataclass
@@ -258,9 +269,9 @@ class CampaignConfig:
     # serial runs one at a time (debugging; microcal-hpc submit --serial)
     max_parallel: int = 0
     serial: bool = False
-    official: bool = True  # CNN on the official split (hold-out validation from Train)
+    official: bool = True  # CNN on all of Train (no validation part), Test predicted at the end
     cv_folds: int = 5  # CNN cross-validation folds (0: none)
-    augment_presets: list[str] = field(default_factory=lambda: ["flips", "seed_study"])
+    augment_presets: list[str] = field(default_factory=lambda: ["flips", "reference"])
     wavelet: bool = True  # wavelet features + classifiers
     baseline: bool = True  # the grey-level baselines (microcal_hpc.baseline.BASELINES)
     poll_seconds: float = 2.0

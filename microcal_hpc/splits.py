@@ -88,15 +88,10 @@ def fold_of_each(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
     return out
 
 
-def holdout(labels: np.ndarray, groups: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A group-aware stratified hold-out: (train_idx, val_idx) with about ``val_fraction`` in validation."""
-    n_splits = max(2, int(round(1.0 / val_fraction)))
-    return cv_folds(labels, groups, n_splits, seed)[0]
-
-
-def train_validation_indices(split: Split, group_by: str, seed: int, fold: int | None, folds: int,
-                             val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """The (train_idx, val_idx) of the Train split for a fold, or the hold-out when ``fold`` is None."""
+def train_validation_indices(split: Split, group_by: str, seed: int, fold: int | None,
+                             folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (train_idx, val_idx) of the Train split for CV fold ``fold``; with ``fold`` None, every
+    image trains and the validation part is empty (the official protocol: no hold-out from Train)."""
     if fold is None:
-        return holdout(split.labels, split_groups(split, group_by), val_fraction, seed)
-    return split_folds(split, group_by, folds, seed)[fold]
+        return np.arange(len(split)), np.zeros(0, dtype=np.int64)
+    return cv_folds(split.labels, split_groups(split, group_by), folds, seed)[fold]

@@ -84,3 +84,26 @@ def test_auto_precision_follows_the_hardware(monkeypatch, native, expected):
     m = model_mod.build_model((60, 60, 1), TrainConfig(mixed_precision="auto"))
     assert m.layers[0].compute_dtype == expected
     assert model_mod.build_model((60, 60, 1), TrainConfig(mixed_precision="none")).layers[0].compute_dtype == "float32"
+
+
+def test_training_dropout_masks_are_a_pure_function_of_the_step():
+    from microcal_hpc.cnn.model import build_model
+
+    train = TrainConfig(mixed_precision="none")
+    step = tf.Variable(5, dtype=tf.int64)
+    model = build_model((60, 60, 1), train, step=step, dropout_seed=3)
+    assert model.count_params() == 568_449  # the step counter is not a weight
+    x = np.random.default_rng(0).uniform(0, 1, (4, 60, 60, 1)).astype(np.float32)
+    first = model(x, training=True).numpy()
+    np.testing.assert_array_equal(model(x, training=True).numpy(), first)  # same step, same masks
+    twin = build_model((60, 60, 1), train, step=step, dropout_seed=3)  # e.g. the same job after a resume
+    twin.set_weights(model.get_weights())
+    np.testing.assert_array_equal(twin(x, training=True).numpy(), first)
+    step.assign(6)
+    assert not np.array_equal(model(x, training=True).numpy(), first)  # the next step draws new masks
+    other = build_model((60, 60, 1), train, step=step, dropout_seed=4)
+    other.set_weights(model.get_weights())
+    assert not np.array_equal(other(x, training=True).numpy(), model(x, training=True).numpy())
+    plain = build_model((60, 60, 1), train)  # the inference model: plain Dropout, the same predictions
+    plain.set_weights(model.get_weights())
+    np.testing.assert_array_equal(plain(x, training=False).numpy(), model(x, training=False).numpy())

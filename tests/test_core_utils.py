@@ -10,7 +10,7 @@ from microcal_hpc.atomic import SignalReceived, atomic_path, signal_number, writ
 from microcal_hpc.errors import InputError, OutputError
 from microcal_hpc.dataset import Split
 from microcal_hpc.metrics import binary_metrics, bootstrap_auc_ci, paired_bootstrap_auc, summarize
-from microcal_hpc.splits import cv_folds, holdout, split_groups
+from microcal_hpc.splits import cv_folds, split_groups
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -83,8 +83,6 @@ def test_folds_keep_groups_together_and_cover_everything():
     assert [va.tolist() for _, va in cv_folds(labels, groups, 5, seed=1)] == [va.tolist() for _, va in folds]
     other = cv_folds(labels, groups, 5, seed=2)
     assert [va.tolist() for _, va in other] != [va.tolist() for _, va in folds]  # the seed matters
-    tr, va = holdout(labels, groups, 0.2, seed=0)
-    assert 0.15 < len(va) / len(labels) < 0.25 and not set(groups[tr]) & set(groups[va])
 
 
 def test_binary_metrics_match_sklearn():

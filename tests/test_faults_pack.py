@@ -102,6 +102,23 @@ def test_changed_pixels_are_named_by_inspect_verify_and_by_the_jobs(packed, tmp_
     assert "Traceback" not in r.stderr
 
 
+def test_a_streamed_split_names_the_damaged_image_when_its_chunk_is_first_read(packed):
+    """The CNN's streaming reader (train.input=stream) checks each chunk it reads against the pixel hashes."""
+    from microcal_hpc.cnn.source import StreamedImages
+    from microcal_hpc.errors import InputError
+
+    _, out = packed
+    with h5py.File(out, "r") as f:
+        image_id, n_test = f["test/ids"].asstr()[3], f["test/labels"].shape[0]
+    assert StreamedImages(out, "test", range(n_test)).read(list(range(n_test))).shape[0] == n_test  # intact
+    flip(out, image_offset(out, "test", 3) + 5)
+    out.with_name("packed.h5.sha256").unlink()  # as for a file too large for the whole-file check
+    source = StreamedImages(out, "test", range(n_test))
+    with pytest.raises(InputError, match=rf"image 3 of test \({image_id}\) does not match its recorded pixel hash"):
+        source.read([3])
+    source.close()
+
+
 def test_the_next_pack_removes_a_killed_packs_temporary_file_and_nothing_else(tmp_path):
     root = raw_pgm_tree(tmp_path / "tree", 3, shape=(10, 10))
     out = tmp_path / "packed.h5"

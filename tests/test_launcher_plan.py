@@ -23,7 +23,7 @@ def test_default_plan_is_the_campaign_dag(tmp_path):
     plan = build_plan(_cfg(tmp_path), run)
     keys = plan.keys()
     assert keys == ["pack", "cnn-official", *[f"cnn-fold-{k}" for k in range(5)], "cnn-augment-flips",
-                    "cnn-augment-seed_study", "wavelet-features", "wavelet-classify", "baseline",
+                    "cnn-augment-reference", "wavelet-features", "wavelet-classify", "baseline",
                     "aggregate"]
     packed = str(run / "data" / "packed.h5")
     # every job after pack waits for it; classifiers wait for features; the report for everything (afterany)
@@ -38,14 +38,14 @@ def test_default_plan_is_the_campaign_dag(tmp_path):
     # arrays: the folds together, the augmentation presets together
     groups = [[s.key for s in g] for g in plan.groups()]
     assert [f"cnn-fold-{k}" for k in range(5)] in groups
-    assert ["cnn-augment-flips", "cnn-augment-seed_study"] in groups
+    assert ["cnn-augment-flips", "cnn-augment-reference"] in groups
     assert ["cnn-official"] in groups
     # each CNN job gets its own config: fold k of cv_folds, or an augmentation preset on the official split
     for k in range(5):
         c = plan.get(f"cnn-fold-{k}").config
         assert (c.train.fold, c.train.folds, c.train.augment) == (k, 5, "none")
-    c = plan.get("cnn-augment-seed_study").config
-    assert (c.train.fold, c.train.augment) == (None, "seed_study")
+    c = plan.get("cnn-augment-reference").config
+    assert (c.train.fold, c.train.augment) == (None, "reference")
     assert plan.get("cnn-official").config.train.fold is None
     # the arguments and outputs follow docs/outputs.md
     off = plan.get("cnn-official")

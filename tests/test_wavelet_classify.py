@@ -43,8 +43,8 @@ def test_classifiers_write_outputs_with_probability_based_auc(real_features, pac
     assert sorted(folders) == sorted(str(run / fs / m) for fs in ("coeffs", "stats") for m in ("svm", "nb"))
 
     train = load_split(packed_real, "train", images=False)
-    cnn_val = {k: train_validation_indices(train, cfg.train.group_by, cfg.train.seed, k, cfg.train.folds,
-                                           cfg.train.val_fraction)[1] for k in range(cfg.train.folds)}
+    cnn_val = {k: train_validation_indices(train, cfg.train.group_by, cfg.train.seed, k, cfg.train.folds)[1]
+               for k in range(cfg.train.folds)}
     for folder in folders:
         files = {p.name for p in (run / folder).iterdir()}
         assert {"metrics.json", "predictions.npz", "config.yaml", "classify.log"} <= files

@@ -1,4 +1,5 @@
-"""Score patches with a trained CNN job: a folder of image files or a packed HDF5 file -> probabilities.
+"""Score patches with a CNN: probabilities and their loss (used by the training job), and the
+``predict`` job (a trained job's model on a folder of image files or a packed HDF5 file -> CSV).
 
 Images are read with ``data_prep.readers`` (the same decoder and the same one-line errors as the
 pack step) and must have the size the model was trained on.
@@ -15,6 +16,7 @@ import numpy as np
 from microcal_hpc.errors import InputError
 
 THRESHOLD = 0.5  # predicted_label = probability >= THRESHOLD (as in metrics.binary_metrics)
+EPSILON = 1e-7  # Keras' backend.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON] for the loss
 
 
 def load_trained_model(job_dir: str | os.PathLike):
@@ -72,13 +74,24 @@ def stack_for_model(images: list[np.ndarray], sources: list[str], shape: tuple[i
     return np.stack(images).astype(np.uint8, copy=False) if images else np.zeros((0,) + tuple(shape), np.uint8)
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """P(cluster) for uint8 images (N, H, W), scaled as in training, never augmented."""
+def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
+    """P(cluster) for every image of ``images`` (uint8 (N, H, W) or a ``cnn.source`` image source),
+    scaled as in training, never augmented; one pass."""
     from microcal_hpc.cnn.pipeline import evaluation_dataset
 
     if len(images) == 0:
         return np.zeros(0)
     return model.predict(evaluation_dataset(images, batch_size=batch_size), verbose=0).reshape(-1).astype(np.float64)
+
+
+def binary_cross_entropy(labels: np.ndarray, prob: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities, as Keras computes it from probabilities: clipped to
+    [EPSILON, 1 - EPSILON], then -(y log(p + EPSILON) + (1 - y) log(1 - p + EPSILON)). NaN for no image."""
+    if len(prob) == 0:
+        return float("nan")
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(prob, dtype=np.float64), EPSILON, 1.0 - EPSILON)
+    return float(-np.mean(y * np.log(p + EPSILON) + (1.0 - y) * np.log(1.0 - p + EPSILON)))
 
 
 def predict_job(model_dir: str, images: str, out: str) -> str:

@@ -132,7 +132,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
 )}
 
 # Settings that change how fast a job runs, never what it computes: a change does not make a job stale.
-SPEED_ONLY = ("data.chunk_size", "train.steps_per_execution", "train.stop_after_epoch", "train.jit_compile",
+SPEED_ONLY = ("data.chunk_size", "train.steps_per_execution", "train.input", "train.jit_compile",
               "wavelet.chunk_size", "classify.n_jobs")
 
 

@@ -39,7 +39,7 @@ class Predictions:
     labels: np.ndarray
     prob: np.ndarray
     groups: np.ndarray
-    fold: Optional[np.ndarray] = None  # validation rows only: fold of each row (-1: hold-out)
+    fold: Optional[np.ndarray] = None  # validation rows only: fold of each row
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -63,11 +63,11 @@ def _paired(S: Summaries, cfg: Config, a: Predictions, b: Predictions, split: st
 def _folds(S: Summaries, w) -> list[dict[str, Any]]:
     rows = []
     for k, s in S.cnn_folds.items():
-        if s.holdout is None or k not in w.cv_per_fold:
+        if s.validation is None or k not in w.cv_per_fold:
             continue
-        c, v = s.holdout["auc"], w.cv_per_fold[k]["auc"]
+        c, v = s.validation["auc"], w.cv_per_fold[k]["auc"]
         same = set(s.run.val.ids.tolist()) == set(w.cv_preds[k].ids.tolist())
-        rows.append({"fold": k, "cnn_auc": c, "wavelet_auc": v, "diff": c - v, "n": s.holdout["n"],
+        rows.append({"fold": k, "cnn_auc": c, "wavelet_auc": v, "diff": c - v, "n": s.validation["n"],
                      "same_images": "yes" if same else "NO"})
     return rows
 

@@ -99,7 +99,7 @@ class ModelSummary:
     label: str
     threshold: float
     test: Optional[dict[str, Any]] = None  # flat metrics on the official Test set
-    holdout: Optional[dict[str, Any]] = None  # CNN hold-out validation (val_fold == -1)
+    validation: Optional[dict[str, Any]] = None  # a CNN fold job: metrics on its validation fold
     cv_per_fold: dict[int, dict[str, Any]] = field(default_factory=dict)  # wavelet/baseline out-of-fold
     cv_preds: dict[int, Predictions] = field(default_factory=dict)
     auc_ci: Optional[list[float]] = None
@@ -110,7 +110,7 @@ class ModelSummary:
 
 
 def summarise_model(run: ModelRun, label: str) -> ModelSummary:
-    """Test metrics, hold-out validation metrics and per-fold CV metrics of one model job."""
+    """Test metrics, validation-fold metrics (CNN) and per-fold CV metrics (wavelet, baseline) of one model job."""
     thr = run.threshold("test")
     is_cnn = run.arm == "cnn"
     s = ModelSummary(run=run, label=label, threshold=thr)
@@ -119,7 +119,7 @@ def summarise_model(run: ModelRun, label: str) -> ModelSummary:
     if run.val is not None and len(run.val):
         folds = run.val.fold if run.val.fold is not None else np.full(len(run.val), -1)
         if is_cnn:
-            s.holdout = evaluate(run.val, run.threshold("validation"), with_loss=True)
+            s.validation = evaluate(run.val, run.threshold("validation"), with_loss=True)
         else:
             for k in sorted(int(f) for f in np.unique(folds) if f >= 0):
                 part = run.val.subset(folds == k)
@@ -184,7 +184,7 @@ class Summaries:
     """All model summaries of a run and the choices the report makes from them."""
 
     cnn_single: list[ModelSummary]  # official then augment-<preset>
-    cnn_folds: dict[int, ModelSummary]  # fold k -> summary (holdout = that fold's validation)
+    cnn_folds: dict[int, ModelSummary]  # fold k -> summary (validation = that fold)
     wavelet: dict[str, ModelSummary]  # "<fs>/<clf>"
     baseline: dict[str, ModelSummary]
     expected_folds: int
@@ -198,7 +198,7 @@ class Summaries:
         return next((s for s in self.cnn_single if s.run.name == "official"), None)
 
     def cnn_cv_per_fold(self) -> dict[int, dict[str, Any]]:
-        return {k: s.holdout for k, s in self.cnn_folds.items() if s.holdout is not None}
+        return {k: s.validation for k, s in self.cnn_folds.items() if s.validation is not None}
 
     def cnn_cv_auc(self) -> Optional[dict[str, float]]:
         """Mean ± std of the CNN fold models' validation AUC (folds without an AUC left out)."""
@@ -379,9 +379,9 @@ def cnn_loss_table(S: Summaries) -> Table:
     for s in S.cnn_single:
         tl, ta = _train_values(s)
         rows.append({"model": s.label, "train_loss": tl, "train_accuracy": ta,
-                     "val_loss": s.holdout.get("loss") if s.holdout else None,
-                     "val_accuracy": s.holdout["accuracy"] if s.holdout else None,
-                     "val_n": s.holdout["n"] if s.holdout else None,
+                     "val_loss": s.validation.get("loss") if s.validation else None,
+                     "val_accuracy": s.validation["accuracy"] if s.validation else None,
+                     "val_n": s.validation["n"] if s.validation else None,
                      "test_loss": s.test.get("loss") if s.test else None,
                      "test_accuracy": s.test["accuracy"] if s.test else None,
                      "test_n": s.test["n"] if s.test else None, "runs": "1 run"})
@@ -390,23 +390,22 @@ def cnn_loss_table(S: Summaries) -> Table:
         for k, s in S.cnn_folds.items():
             tl, ta = _train_values(s)
             per.append({"train_loss": tl, "train_accuracy": ta,
-                        "val_loss": s.holdout.get("loss") if s.holdout else None,
-                        "val_accuracy": s.holdout["accuracy"] if s.holdout else None,
+                        "val_loss": s.validation.get("loss") if s.validation else None,
+                        "val_accuracy": s.validation["accuracy"] if s.validation else None,
                         "test_loss": s.test.get("loss") if s.test else None,
                         "test_accuracy": s.test["accuracy"] if s.test else None})
         ms = M.summarize(per, ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy"))
         row = {"model": "CNN cross-validation (fold models)", **{k: ms.get(k) for k in
                ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")}}
-        row["val_n"] = int(sum(s.holdout["n"] for s in S.cnn_folds.values() if s.holdout))
+        row["val_n"] = int(sum(s.validation["n"] for s in S.cnn_folds.values() if s.validation))
         tests = [s.test["n"] for s in S.cnn_folds.values() if s.test]
         row["test_n"] = tests[0] if tests else None
         row["runs"] = S.folds_label(len(S.cnn_folds))
         rows.append(row)
     basis = ("train values: the last epoch's running mean reported by Keras (history.json); validation and Test: "
              "binary cross-entropy and accuracy recomputed from the stored probabilities (threshold 0.5)")
-    note = ("Validation: the held-out fold for fold models; single runs trained on all of Train have none (—), "
-            "runs that kept a hold-out part of Train show it. CV row: mean ± std over the fold models (each fold "
-            "model also scored on the official Test set).")
+    note = ("Validation: the held-out fold for fold models; single runs train on all of Train and have none (—). "
+            "CV row: mean ± std over the fold models (each fold model also scored on the official Test set).")
     return Table("cnn_loss", "CNN: loss and accuracy on train, validation and Test", basis, cols, rows, note)
 
 
