@@ -16,8 +16,9 @@ seconds of one single-threaded fit on all Train images plus scoring Test, as the
 
 Choice: one size per classifier (the job uses it on every feature set): the cheapest size whose mean CV
 AUC over seeds is, on every feature set, within one seed-to-seed standard deviation of the best size's
-mean. "configured" marks the size :mod:`microcal_hpc.wavelet.classifiers` uses now. The features file is computed from the real
-image tree (``--data``) into a temporary folder with the project's own pack and features jobs.
+mean. "configured" marks the size :mod:`microcal_hpc.wavelet.classifiers` uses now. The features file is
+computed from the real image tree (``--data``) into a temporary folder with the project's own pack and
+features jobs.
 """
 from __future__ import annotations
 

@@ -191,6 +191,7 @@ def test_n_jobs_zero_means_every_core_of_the_affinity_mask():
     assert resolve_n_jobs(3) == 3 and resolve_n_jobs(0) == len(os.sched_getaffinity(0))
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
             "from microcal_hpc.wavelet.evaluate import resolve_n_jobs; print(resolve_n_jobs(0))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
     with pytest.raises(ConfigError, match="classify.n_jobs must be >= 0"):
         Config(classify=type(Config().classify)(n_jobs=-1)).validate()
