@@ -115,7 +115,7 @@ def shared_folds(meta: Split, n_folds: int, group_by: str, seed: int) -> list[tu
 
 
 def fit_and_score(make_model: Callable, X_fit: np.ndarray, fit_rows: Optional[np.ndarray], y_fit: np.ndarray,
-                   X_eval: np.ndarray, eval_rows: Optional[np.ndarray]) -> dict:
+                  X_eval: np.ndarray, eval_rows: Optional[np.ndarray]) -> dict:
     """Fit a fresh model on ``X_fit[fit_rows]`` (all rows for None) and score ``X_eval[eval_rows]``,
     single-threaded (BLAS and OpenMP limited to 1 thread).
 
