@@ -40,9 +40,10 @@ sys.path.insert(0, str(REPO))
 GRID = {
     "rf": [{"params": {"rf__n_estimators": 500}, "nested": "trees", "sizes": [25, 50, 100, 200, 300, 500]}],
     "hgb": [{"params": {"hgb__max_iter": 200, "hgb__max_bins": bins}, "nested": "iterations",
-             "sizes": [25, 50, 100, 200]} for bins in (31,)]
+             "sizes": [25, 50, 100, 200]} for bins in (15, 31)]
            + [{"params": {"hgb__max_iter": 100, "hgb__max_bins": 255}, "nested": "iterations", "sizes": [50, 100]}],
-    "mlp": [{"params": {"mlp__hidden_layer_sizes": (units,)}} for units in (16, 32, 64, 128)],
+    "mlp": [{"params": {"mlp__hidden_layer_sizes": (units,)}} for units in (16, 32, 64, 128)]
+           + [{"params": {"mlp__hidden_layer_sizes": (16,), "mlp__max_iter": epochs}} for epochs in (50, 100, 200)],
     "svm": [{"params": {}}], "lr": [{"params": {}}], "knn": [{"params": {}}], "nb": [{"params": {}}],
     "dt": [{"params": {}}],
 }

@@ -1,6 +1,6 @@
 """The shortcut baseline job (greylevel-rf); command line: ``microcal-hpc baseline``.
 
-A Random Forest (500 trees) on 12 global grey-level statistics of each patch
+A Random Forest (the wavelet arm's ``rf``) on 12 global grey-level statistics of each patch
 (:mod:`microcal_hpc.greylevel`: mean, std, min, max, percentiles 5/25/50/75/95, skewness, kurtosis,
 histogram entropy). It cannot see microcalcifications as such; its AUC shows how much of the task is
 solvable from global acquisition differences. Cross-validated with the same folds as every other model
@@ -34,7 +34,7 @@ def baseline_job(cfg, data: str, run_dir: str, force: bool = False) -> str:
     log.info("grey-level baseline on %s: %d Train / %d Test patches, features: %s", data, len(train), len(test),
              ", ".join(GREYLEVEL_NAMES))
     folds = shared_folds(train, cc.folds, cc.group_by, cc.seed)
-    # the model: the wavelet arm's random forest (500 trees; the features are already global statistics)
+    # the model: the wavelet arm's random forest (the features are already global statistics)
     return run_model_job(job_dir, partial(make_classifier, "rf", cc.seed), X_train, train, X_test, test, cfg,
                          arm="baseline", model=BASELINE_NAME, feature_set=None, folds=folds, n_folds=cc.folds,
                          group_by=cc.group_by, seed=cc.seed, n_jobs=cc.n_jobs, log_name="baseline.log",
