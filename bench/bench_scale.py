@@ -3,8 +3,8 @@
     python bench/bench_scale.py [--sizes 10000,100000,1000000] [--ranks 2] [--workdir DIR] [--keep-trees]
         [--out bench/results/scale.json]
 
-For each N, a synthetic image tree of N 60x60 PGM files (:func:`microcal_hpc.synthetic.make_image_tree`:
-Train 80 %, Test 20 %, classes balanced) is written under ``--workdir`` (default
+For each N, a synthetic image tree of N 60x60 PGM files (:func:`microcal_hpc.synthetic.make_image_tree`,
+one call per class folder: Train 80 %, Test 20 %, classes balanced) is written under ``--workdir`` (default
 ``$TMPDIR/microcal-bench-scale``; reused when complete; writing it is not timed). Then, each in fresh
 processes:
 
@@ -50,10 +50,17 @@ def workdir_default() -> Path:
     return Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "microcal-bench-scale"
 
 
+def _write_folder(root: Path, split: str, label: int, n: int, seed: int) -> None:
+    from microcal_hpc.synthetic import make_image_tree
+
+    make_image_tree(root, counts={split: (n, 0) if label == 0 else (0, n)}, shape=(60, 60), fmt="pgm", seed=seed)
+
+
 def synthetic_tree(n: int, work: Path) -> tuple[Path, float]:
     """A complete synthetic tree of ``n`` images under ``work`` (reused when complete) and the seconds
-    spent writing it (0 when reused)."""
-    from microcal_hpc.synthetic import make_image_tree
+    spent writing it (0 when reused). The four class folders are written by parallel processes, each
+    with its own seed."""
+    from concurrent.futures import ProcessPoolExecutor
 
     root = work / f"tree-{n}"
     done = root / ".complete"
@@ -65,7 +72,11 @@ def synthetic_tree(n: int, work: Path) -> tuple[Path, float]:
     counts = {"Train": (train, train), "Test": (test, n - 2 * train - test)}
     print(f"writing {n} synthetic images into {root} (not timed) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    make_image_tree(root, counts=counts, shape=(60, 60), fmt="pgm", seed=1)
+    folders = [(split, label, k) for split, ks in counts.items() for label, k in enumerate(ks)]
+    with ProcessPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        for f in [pool.submit(_write_folder, root, split, label, k, seed)
+                  for seed, (split, label, k) in enumerate(folders, 1)]:
+            f.result()
     done.write_text(json.dumps(counts))
     return root, time.perf_counter() - t0
 
