@@ -273,14 +273,7 @@ def run_model_jobs(jobs: list[ModelJob], cfg, n_jobs: int, force: bool = False) 
             j, k, _ = tasks[i]
             job, mlog = pending[j][0], loggers[j][0]
             results[j][k] = res
-            where = f"fit+score {res['seconds']:.1f} s, worker {res['pid']}"
-            if k < len(job.folds):
-                va = job.folds[k][1]
-                m = binary_metrics(job.meta_train.labels[va], res["score"])
-                mlog.info("[%d/%d] %s: %s: AUC %.4f, accuracy %.3f (%d images, %s)", done, len(tasks), job.name,
-                          job.task_label(k), m["auc"], m["accuracy"], len(va), where)
-            else:
-                mlog.info("[%d/%d] %s: %s: %s", done, len(tasks), job.name, job.task_label(k), where)
+            _log_fit(mlog, job, k, res, f"[{done}/{len(tasks)}]")
             if len(results[j]) == len(job.folds) + 1:
                 _finish(job, pending[j][1], [results[j][k] for k in sorted(results[j])], cfg, mlog)
     finally:
@@ -291,6 +284,18 @@ def run_model_jobs(jobs: list[ModelJob], cfg, n_jobs: int, force: bool = False) 
     if tasks:
         log.info("%d model(s) evaluated in %.1f s", len(pending), time.perf_counter() - t0)
     return [str(job.job_dir) for job in jobs]
+
+
+def _log_fit(mlog: logging.Logger, job: ModelJob, k: int, res: dict, progress: str) -> None:
+    """One line per finished fit: the fold's AUC and accuracy (not for the final fit), time and worker."""
+    where = f"fit+score {res['seconds']:.1f} s, worker {res['pid']}"
+    if k < len(job.folds):
+        va = job.folds[k][1]
+        m = binary_metrics(job.meta_train.labels[va], res["score"])
+        mlog.info("%s %s: %s: AUC %.4f, accuracy %.3f (%d images, %s)", progress, job.name, job.task_label(k),
+                  m["auc"], m["accuracy"], len(va), where)
+    else:
+        mlog.info("%s %s: %s: %s", progress, job.name, job.task_label(k), where)
 
 
 def _with_task(i: int, fn: Callable, *args) -> tuple[int, Any]:
