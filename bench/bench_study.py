@@ -34,8 +34,8 @@ Printed and written to JSON (``bench/results/study.json``):
   machine's cores. That is, the sum over CNN jobs of (sum of epoch_seconds x the cores the job ran on)
   plus the sum over classifier fits (wavelet classifiers and baselines: ``fit_cpu_seconds`` of each
   model's metrics.json; every fit is single-threaded), divided by the cores of this process's affinity
-  mask. A CNN job's cores are read from its job record (``cpus``, or the length of ``cpu_list`` /
-  ``affinity``) and are all the machine's cores when the record does not say. Packing, features, the
+  mask. A CNN job's cores are read from its job record (``cpus``: the job process's CPU affinity, which
+  the local executor sets) and are all the machine's cores when the record does not say. Packing, features, the
   report, imports and evaluation are overhead by this definition. Also main / floor;
 - every model's AUC on both sides: CNN Test AUC (and fold validation AUC), wavelet classifiers' and
   baselines' CV AUC (mean over folds) and Test AUC.
@@ -250,12 +250,14 @@ def run_main(config: str, data: Path, sets: list[str], run_dir: Path, serial: bo
 
 
 def _cores(record: dict, machine: int) -> int:
+    """The cores a job ran on: its record's ``cpus`` (the job's CPU affinity, a list, or a count); all of
+    the machine's when the record does not say."""
     for key in ("cpus", "cores"):
-        if isinstance(record.get(key), int) and record[key] > 0:
-            return min(record[key], machine)
-    for key in ("cpu_list", "affinity"):
-        if isinstance(record.get(key), list) and record[key]:
-            return min(len(record[key]), machine)
+        value = record.get(key)
+        if isinstance(value, list) and value:
+            return min(len(value), machine)
+        if isinstance(value, int) and value > 0:
+            return min(value, machine)
     return machine
 
 
