@@ -153,7 +153,7 @@ def test_fits_of_all_models_share_one_pool_and_do_not_depend_on_it(tmp_path):
         assert run_model_jobs(_model_jobs(run, cfg), cfg, n_jobs) == [str(run / m) for m in ("dt", "nb", "lr")]
         outputs[n_jobs] = run
         log = (run / "classify.log").read_text()
-        assert "3 model(s) to evaluate: 18 fits on %d worker process(es)" % n_jobs in log
+        assert "3 model(s) to evaluate (syn/dt, syn/nb, syn/lr): 18 fits on %d worker process(es)" % n_jobs in log
         workers = set(re.findall(r"worker (\d+)\)?$", log, flags=re.M))
         assert len(workers) == n_jobs  # n_jobs=1: in this process; 2: two worker processes took fits
         assert (str(os.getpid()) in workers) == (n_jobs == 1)
@@ -180,6 +180,20 @@ def test_a_model_log_that_is_the_job_log_gets_each_line_once(tmp_path):
     run_model_jobs([job], cfg, n_jobs=1)
     lines = (job.job_dir / job.log_name).read_text().splitlines()
     assert len(lines) == len(set(lines)) and sum("nb: fold" in ln for ln in lines) == 5
+
+
+def test_one_job_log_tells_the_runs_of_several_calls_apart(tmp_path):
+    """A job that evaluates its models one call at a time (the baselines) logs no line twice."""
+    from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.wavelet.evaluate import run_model_jobs
+
+    cfg = Config()
+    cfg.report.bootstrap = 50
+    setup_job_logging(tmp_path / "job.log", console=False)
+    for job in _model_jobs(tmp_path, cfg)[1:]:
+        run_model_jobs([job], cfg, n_jobs=1)
+    lines = [ln.split(" ", 2)[2] for ln in (tmp_path / "job.log").read_text().splitlines()]  # without the time
+    assert len(lines) == len(set(lines)) > 2 * (1 + 6 + 1)
 
 
 def test_n_jobs_zero_means_every_core_of_the_affinity_mask():

@@ -258,8 +258,10 @@ def run_model_jobs(jobs: list[ModelJob], cfg, n_jobs: int, force: bool = False) 
             pending.append((job, fp))
     tasks = [(j, k, args) for j, (job, _) in enumerate(pending) for k, args in enumerate(job.tasks())]
     workers = min(resolve_n_jobs(n_jobs), max(len(tasks), 1))
+    names = ", ".join(job.name for job, _ in pending)
     if tasks:
-        log.info("%d model(s) to evaluate: %d fits on %d worker process(es)", len(pending), len(tasks), workers)
+        log.info("%d model(s) to evaluate (%s): %d fits on %d worker process(es)", len(pending), names, len(tasks),
+                 workers)
     loggers = [_model_logger(job) for job, _ in pending]
     results: list[dict[int, dict]] = [{} for _ in pending]
     t0 = time.perf_counter()
@@ -282,7 +284,7 @@ def run_model_jobs(jobs: list[ModelJob], cfg, n_jobs: int, force: bool = False) 
                 mlog.removeHandler(handler)
                 handler.close()
     if tasks:
-        log.info("%d model(s) evaluated in %.1f s", len(pending), time.perf_counter() - t0)
+        log.info("%d model(s) evaluated (%s) in %.1f s", len(pending), names, time.perf_counter() - t0)
     return [str(job.job_dir) for job in jobs]
 
 
