@@ -1,7 +1,6 @@
 """The baselines job (:data:`BASELINES`); command line: ``microcal-hpc baseline``.
 
-Two random forests (the reference study's model family: the wavelet arm's ``rf``, 500 trees) on global
-grey-level statistics of each patch (:mod:`microcal_hpc.greylevel`), which ignore where pixels are:
+Two random forests (the wavelet arm's ``rf``) on global grey-level statistics of each patch (:mod:`microcal_hpc.greylevel`), which ignore where pixels are:
 
 - ``brightness-rf``: brightness only (location and central spread, no extremes). It cannot see
   calcification specks; what it reaches is what the acquisition/brightness cue alone gives.
@@ -56,7 +55,7 @@ def baseline_job(cfg, data: str, run_dir: str, force: bool = False) -> list[str]
     from microcal_hpc.dataset import load_split
     from microcal_hpc.joblog import setup_job_logging
     from microcal_hpc.wavelet.classifiers import make_classifier
-    from microcal_hpc.wavelet.evaluate import run_model_job, shared_folds
+    from microcal_hpc.wavelet.evaluate import ModelJob, run_model_jobs, shared_folds
     from microcal_hpc.wavelet.features_file import input_digest
 
     log = setup_job_logging(Path(run_dir) / "baseline.log", name="microcal.baseline")
@@ -64,15 +63,15 @@ def baseline_job(cfg, data: str, run_dir: str, force: bool = False) -> list[str]
     train, test = load_split(data, "train"), load_split(data, "test")
     folds = shared_folds(train, cc.folds, cc.group_by, cc.seed)
     digest = input_digest(data)
-    done = []
+    jobs = []
     for name, b in BASELINES.items():
         X_train, X_test = b.features(train.images), b.features(test.images)
         log.info("%s on %s: %d Train / %d Test patches, features: %s", name, data, len(train), len(test),
                  ", ".join(b.feature_names))
-        done.append(run_model_job(
-            Path(run_dir) / name, partial(make_classifier, "rf", cc.seed), X_train, train, X_test, test, cfg,
-            arm="baseline", model=name, feature_set=None, folds=folds, n_folds=cc.folds, group_by=cc.group_by,
-            seed=cc.seed, n_jobs=cc.n_jobs, log_name="baseline.log",
+        jobs.append(ModelJob(
+            job_dir=Path(run_dir) / name, make_model=partial(make_classifier, "rf", cc.seed), X_train=X_train,
+            meta_train=train, X_test=X_test, meta_test=test, arm="baseline", model=name, feature_set=None,
+            folds=folds, group_by=cc.group_by, seed=cc.seed, log_name="baseline.log",
             inputs={"input_digest": digest, "features": list(b.feature_names)},
-            extra={"features": list(b.feature_names), "description": b.description}, force=force))
-    return done
+            extra={"features": list(b.feature_names), "description": b.description}))
+    return run_model_jobs(jobs, cfg, cc.n_jobs, force=force)

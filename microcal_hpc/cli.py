@@ -24,7 +24,8 @@ def add_cv_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, help="CV folds (classify.folds)")
     p.add_argument("--group-by", choices=("group", "case", "none"), help="CV grouping (classify.group_by)")
     p.add_argument("--seed", type=int, help="splitter and model seed (classify.seed)")
-    p.add_argument("--n-jobs", type=int, help="parallel fold fits (classify.n_jobs)")
+    p.add_argument("--n-jobs", type=int,
+                   help="worker processes for the fits (classify.n_jobs; 0: every core the job may use)")
 
 
 def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = None):

@@ -182,9 +182,12 @@ class ClassifyConfig:
     folds: int = 5
     group_by: str = "case"
     seed: int = 0
-    n_jobs: int = 1
+    n_jobs: int = 0  # worker processes for the fits (folds and models side by side); 0: every core the job may use
 
     def validate(self) -> None:
+        if self.n_jobs < 0:
+            raise ConfigError(f"classify.n_jobs must be >= 0 (0: every core of the CPU affinity mask), "
+                              f"got {self.n_jobs}")
         if self.folds < 2:
             raise ConfigError(f"classify.folds must be >= 2, got {self.folds}")
         _choice("classify.group_by", self.group_by, ("group", "case", "none"))

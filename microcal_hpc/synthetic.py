@@ -47,7 +47,9 @@ def make_image_tree(root: str | os.PathLike, counts: dict[str, tuple[int, int]] 
             for i in range(n):
                 if i % crops_per_group == 0:
                     case += 1
-                group = f"{case % 10000:04d}{'s' if label == 0 else 'm'}1_{i // crops_per_group % 10}_0"
+                # CCCC = case mod 10000, a letter, then case // 10000 + 1: names stay unique past 10,000 cases
+                letter = "s" if label == 0 else "m"
+                group = f"{case % 10000:04d}{letter}{case // 10000 + 1}_{i // crops_per_group % 10}_0"
                 name = f"{group}.pgm_{i % crops_per_group + 1}.{fmt}"
                 Image.fromarray(synthetic_patch(rng, label, shape), mode="L").save(d / name)
     return root

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -107,3 +108,105 @@ def test_every_classifier_is_a_pipeline_that_scores_both_classes():
         assert roc_auc_score(y[60:], s) > 0.7, name
         if name == "svm":  # sigmoid of the decision value: threshold 0.5 is SVC.predict's threshold 0
             assert np.array_equal((s >= 0.5).astype(int), model.predict(X[60:]))
+
+
+# ---- parallel fits: one pool for every fit of every model, the same results for any number of workers ----
+
+def _synthetic_split(name, n, rng, n_features=8):
+    from microcal_hpc.dataset import Split
+
+    groups = np.array([f"{name}{i // 3:03d}" for i in range(n)])  # 3 images per group
+    labels = np.array([int(g[-1]) % 2 for g in groups])
+    X = rng.normal(size=(n, n_features)) + 0.8 * labels[:, None] * (np.arange(n_features) < 3)
+    split = Split(name, np.zeros((0, 4, 4), np.uint8), labels, np.array([f"{name}/{i}" for i in range(n)]), groups,
+                  np.array([g[:4] for g in groups]), np.array([f"{name}-h{i}" for i in range(n)]))
+    return X, split
+
+
+def _model_jobs(run, cfg):
+    from functools import partial
+
+    from microcal_hpc.wavelet.evaluate import ModelJob, shared_folds
+
+    rng = np.random.default_rng(0)
+    X_train, train = _synthetic_split("tr", 150, rng)
+    X_test, test = _synthetic_split("te", 60, rng)
+    folds = shared_folds(train, 5, "group", 0)
+    return [ModelJob(job_dir=run / name, make_model=partial(make_classifier, name, 0), X_train=X_train,
+                     meta_train=train, X_test=X_test, meta_test=test, arm="wavelet", model=name, feature_set="syn",
+                     folds=folds, group_by="group", seed=0, log_name="classify.log", inputs={"synthetic": 1})
+            for name in ("dt", "nb", "lr")]
+
+
+@pytest.mark.timeout(120)
+def test_fits_of_all_models_share_one_pool_and_do_not_depend_on_it(tmp_path):
+    import re
+
+    from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.wavelet.evaluate import run_model_jobs
+
+    cfg = Config()
+    cfg.report.bootstrap = 100
+    outputs = {}
+    for n_jobs in (1, 2):
+        run = tmp_path / f"n{n_jobs}"
+        setup_job_logging(run / "classify.log", console=False)
+        assert run_model_jobs(_model_jobs(run, cfg), cfg, n_jobs) == [str(run / m) for m in ("dt", "nb", "lr")]
+        outputs[n_jobs] = run
+        log = (run / "classify.log").read_text()
+        assert "3 model(s) to evaluate (syn/dt, syn/nb, syn/lr): 18 fits on %d worker process(es)" % n_jobs in log
+        workers = set(re.findall(r"worker (\d+)\)?$", log, flags=re.M))
+        assert len(workers) == n_jobs  # n_jobs=1: in this process; 2: two worker processes took fits
+        assert (str(os.getpid()) in workers) == (n_jobs == 1)
+    for m in ("dt", "nb", "lr"):
+        a, b = (np.load(outputs[n] / m / "predictions.npz") for n in (1, 2))
+        assert all(np.array_equal(a[k], b[k]) for k in a.files), m  # bit-identical scores
+        ma, mb = (json.loads((outputs[n] / m / "metrics.json").read_text()) for n in (1, 2))
+        assert ma["cv"] == mb["cv"] and ma["test"] == mb["test"]
+        assert len(ma["fit_seconds"]) == len(ma["fit_cpu_seconds"]) == 6
+        lines = (outputs[2] / m / "classify.log").read_text().splitlines()
+        assert len(lines) == len(set(lines)) == 1 + 6 + 1  # header, one line per fit, summary: each once
+        assert ma["cv"]["summary"]["auc"]["mean"] > 0.7
+
+
+def test_a_model_log_that_is_the_job_log_gets_each_line_once(tmp_path):
+    """The baseline writes its model folder's log as the job log: no second handler on the same file."""
+    from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.wavelet.evaluate import run_model_jobs
+
+    cfg = Config()
+    cfg.report.bootstrap = 50
+    job = _model_jobs(tmp_path, cfg)[1]
+    setup_job_logging(job.job_dir / job.log_name, console=False)
+    run_model_jobs([job], cfg, n_jobs=1)
+    lines = (job.job_dir / job.log_name).read_text().splitlines()
+    assert len(lines) == len(set(lines)) and sum("nb: fold" in ln for ln in lines) == 5
+
+
+def test_one_job_log_tells_the_runs_of_several_calls_apart(tmp_path):
+    """A job that evaluates its models one call at a time (the baselines) logs no line twice."""
+    from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.wavelet.evaluate import run_model_jobs
+
+    cfg = Config()
+    cfg.report.bootstrap = 50
+    setup_job_logging(tmp_path / "job.log", console=False)
+    for job in _model_jobs(tmp_path, cfg)[1:]:
+        run_model_jobs([job], cfg, n_jobs=1)
+    lines = [ln.split(" ", 2)[2] for ln in (tmp_path / "job.log").read_text().splitlines()]  # without the time
+    assert len(lines) == len(set(lines)) > 2 * (1 + 6 + 1)
+
+
+def test_n_jobs_zero_means_every_core_of_the_affinity_mask():
+    import subprocess
+    import sys
+
+    from microcal_hpc.wavelet.evaluate import resolve_n_jobs
+
+    assert resolve_n_jobs(3) == 3 and resolve_n_jobs(0) == len(os.sched_getaffinity(0))
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from microcal_hpc.wavelet.evaluate import resolve_n_jobs; print(resolve_n_jobs(0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    with pytest.raises(ConfigError, match="classify.n_jobs must be >= 0"):
+        Config(classify=type(Config().classify)(n_jobs=-1)).validate()

@@ -6,7 +6,8 @@ group-aware stratified k-fold CV on the official Train set (the CNN's splitter a
 of Train and scores Test, and writes
 ``DIR/<feature_set>/<classifier>/`` with metrics.json, predictions.npz, config.yaml and classify.log
 (docs/outputs.md). ``DIR/classify.log`` collects every line. A model folder that is already complete
-for the same features and settings is skipped. ``classify.n_jobs`` workers run the folds in parallel.
+for the same features and settings is skipped. Every fit of every model (k folds + the final fit each)
+runs in one pool of ``classify.n_jobs`` worker processes (0: every core the job may use).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def classify_job(cfg, features: str, run_dir: str, force: bool = False) -> list[
     """Evaluate every classifier on every feature set of ``features``; return the model folders."""
     from microcal_hpc.joblog import setup_job_logging
     from microcal_hpc.wavelet.classifiers import check_classifiers, make_classifier
-    from microcal_hpc.wavelet.evaluate import run_model_job, shared_folds
+    from microcal_hpc.wavelet.evaluate import ModelJob, resolve_n_jobs, run_model_jobs, shared_folds
     from microcal_hpc.wavelet.features_file import feature_sets_in, features_settings, load_features
     from microcal_hpc.errors import InputError
 
@@ -51,22 +52,19 @@ def classify_job(cfg, features: str, run_dir: str, force: bool = False) -> list[
     wavelet_info = {k: settings.get(k) for k in ("wavelet", "level", "effective_level", "boundary_free_max_level",
                                                  "keep_levels", "mode", "dtype", "image_shape")}
     log.info("classifiers %s on feature sets %s of %s (wavelet %s level %s, keep levels %s); %d-fold CV, "
-             "group_by=%s, seed=%d, n_jobs=%d", ",".join(names), ",".join(cc.feature_sets), features,
+             "group_by=%s, seed=%d, n_jobs=%d (%d workers)", ",".join(names), ",".join(cc.feature_sets), features,
              settings.get("wavelet"), settings.get("level"), settings.get("keep_levels"), cc.folds, cc.group_by,
-             cc.seed, cc.n_jobs)
-    done = []
-    total = len(names) * len(cc.feature_sets)
+             cc.seed, cc.n_jobs, resolve_n_jobs(cc.n_jobs))
+    jobs = []
     for fs in cc.feature_sets:
         X_train, meta_train = load_features(features, "train", fs)
         X_test, meta_test = load_features(features, "test", fs)
         folds = shared_folds(meta_train, cc.folds, cc.group_by, cc.seed)
-        for name in names:
-            log.info("[%d/%d] %s on %s (%d features)", len(done) + 1, total, name, fs, X_train.shape[1])
-            out = run_model_job(run_dir / fs / name, partial(make_classifier, name, cc.seed), X_train, meta_train,
-                                X_test, meta_test, cfg, arm="wavelet", model=name, feature_set=fs, folds=folds,
-                                n_folds=cc.folds, group_by=cc.group_by, seed=cc.seed, n_jobs=cc.n_jobs,
-                                log_name="classify.log", inputs=dict(inputs, feature_set=fs),
-                                extra={"wavelet": wavelet_info}, force=force)
-            done.append(out)
+        jobs += [ModelJob(job_dir=run_dir / fs / name, make_model=partial(make_classifier, name, cc.seed),
+                          X_train=X_train, meta_train=meta_train, X_test=X_test, meta_test=meta_test, arm="wavelet",
+                          model=name, feature_set=fs, folds=folds, group_by=cc.group_by, seed=cc.seed,
+                          log_name="classify.log", inputs=dict(inputs, feature_set=fs),
+                          extra={"wavelet": wavelet_info}) for name in names]
+    done = run_model_jobs(jobs, cfg, cc.n_jobs, force=force)
     log.info("done: %d model folder(s) under %s", len(done), run_dir)
     return done

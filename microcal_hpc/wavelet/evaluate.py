@@ -1,4 +1,4 @@
-"""Evaluate one classifier on one feature set: group-aware k-fold CV on Train, then fit on Train, score Test.
+"""Evaluate classifiers on feature sets: group-aware k-fold CV on Train, then fit on Train, score Test.
 
 The folds are the project's shared splitter (:mod:`microcal_hpc.splits`): ``split_groups`` on the packed
 Train split in HDF5 order, then ``cv_folds(labels, groups, k, seed)``, so fold ``k`` holds the same images
@@ -7,19 +7,24 @@ comes from scores (probabilities or decision values), never from hard labels; me
 :mod:`microcal_hpc.metrics`. Outputs follow docs/outputs.md (metrics.json, predictions.npz, config.yaml);
 ``metrics.json`` is written last, so its presence means the job is complete.
 
+Parallelism: every fit of every model a job evaluates (k folds + the final fit, for each model) is one
+task, and all tasks go to one pool of ``n_jobs`` worker processes (joblib/loky; ``n_jobs = 0``: every
+core of this process's CPU affinity mask). Each fit runs single-threaded (BLAS and OpenMP limited to
+one thread), so the results do not depend on ``n_jobs`` and the cores are not oversubscribed. A model's
+folder is written as soon as its last fit is done.
+
 Used by the wavelet classifiers (arm ``wavelet``) and the grey-level shortcut baseline (arm ``baseline``).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -48,7 +53,60 @@ class Evaluation:
     test_score: np.ndarray
     score_kind: str
     estimator: str
-    elapsed_s: float
+    fit_seconds: list[float]  # wall time of each fit + scoring (folds in order, then the final fit)
+    fit_cpu_seconds: list[float]  # CPU time of the same (each fit is single-threaded)
+    elapsed_s: float  # from the start of the model's first fit to the end of its last
+
+
+@dataclass
+class ModelJob:
+    """One model folder to produce: a classifier factory, the features it sees, and what to record."""
+
+    job_dir: Path
+    make_model: Callable
+    X_train: np.ndarray
+    meta_train: Split
+    X_test: np.ndarray
+    meta_test: Split
+    arm: str
+    model: str
+    feature_set: Optional[str]
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    group_by: str
+    seed: int
+    log_name: str
+    inputs: dict
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.model if self.feature_set is None else f"{self.feature_set}/{self.model}"
+
+    def fingerprint(self, cfg) -> str:
+        return fingerprint(arm=self.arm, model=self.model, feature_set=self.feature_set,
+                           estimator=_compact_repr(self.make_model()), folds=len(self.folds),
+                           group_by=self.group_by, seed=self.seed, n_boot=cfg.report.bootstrap,
+                           boot_seed=cfg.report.seed, inputs=self.inputs, sklearn=_sklearn_version())
+
+    def tasks(self) -> list[tuple]:
+        """Arguments of :func:`fit_and_score` for each fit: the k folds in order, then Train -> Test."""
+        y = self.meta_train.labels
+        return ([(self.make_model, self.X_train, tr, y[tr], self.X_train, va) for tr, va in self.folds]
+                + [(self.make_model, self.X_train, None, y, self.X_test, None)])
+
+    def task_label(self, k: int) -> str:
+        return f"fold {k + 1}/{len(self.folds)}" if k < len(self.folds) else "final fit on Train -> Test"
+
+
+def resolve_n_jobs(n_jobs: int) -> int:
+    """Worker processes for ``classify.n_jobs``: the number itself, or for 0 every core of this
+    process's CPU affinity mask (what a scheduler or the local executor gave the job)."""
+    if n_jobs > 0:
+        return int(n_jobs)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks on this platform
+        return os.cpu_count() or 1
 
 
 def shared_folds(meta: Split, n_folds: int, group_by: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -56,21 +114,24 @@ def shared_folds(meta: Split, n_folds: int, group_by: str, seed: int) -> list[tu
     return split_folds(meta, group_by, n_folds, seed)
 
 
-def _fit_and_score(make_model: Callable, X_fit, y_fit, X_eval) -> tuple[np.ndarray, str, str, float]:
-    """Fit a fresh model and score ``X_eval``, single-threaded (BLAS and OpenMP limited to 1 thread).
+def fit_and_score(make_model: Callable, X_fit: np.ndarray, fit_rows: Optional[np.ndarray], y_fit: np.ndarray,
+                  X_eval: np.ndarray, eval_rows: Optional[np.ndarray]) -> dict:
+    """Fit a fresh model on ``X_fit[fit_rows]`` (all rows for None) and score ``X_eval[eval_rows]``,
+    single-threaded (BLAS and OpenMP limited to 1 thread).
 
-    Parallelism comes from joblib running folds side by side (``n_jobs``); threads inside each fit on
+    Parallelism comes from running fits side by side in worker processes; threads inside each fit on
     top of that oversubscribe the cores: a gradient-boosting fit on 2 busy cores took 51 s with 2
     OpenMP threads and 16 s with one.
     """
     from threadpoolctl import threadpool_limits
 
-    t0 = time.perf_counter()
+    started, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
     with threadpool_limits(limits=1):
         model = make_model()
-        model.fit(X_fit, y_fit)
-        s = scores(model, X_eval)
-    return s, score_kind(model), _compact_repr(model), time.perf_counter() - t0
+        model.fit(X_fit if fit_rows is None else X_fit[fit_rows], y_fit)
+        s = scores(model, X_eval if eval_rows is None else X_eval[eval_rows])
+    return {"score": s, "score_kind": score_kind(model), "estimator": _compact_repr(model), "started": started,
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0, "pid": os.getpid()}
 
 
 def _sklearn_version() -> str:
@@ -83,54 +144,31 @@ def _compact_repr(model) -> str:
     return " ".join(repr(model).split())
 
 
-def evaluate(make_model: Callable, X_train: np.ndarray, meta_train: Split, X_test: np.ndarray, meta_test: Split,
-             folds: list[tuple[np.ndarray, np.ndarray]], group_by: str = "group", n_jobs: int = 1,
-             n_boot: int = 2000, boot_seed: int = 0, name: str = "model") -> Evaluation:
-    """k-fold CV on Train (out-of-fold scores), then fit on all of Train and score Test.
-
-    The k fold fits and the final fit are independent tasks run by joblib with ``n_jobs`` workers;
-    one progress line per finished task.
-    """
-    from joblib import Parallel, delayed
-
-    t0 = time.perf_counter()
-    y, y_test = meta_train.labels, meta_test.labels
-    tasks = [(X_train[tr], y[tr], X_train[va]) for tr, va in folds] + [(X_train, y, X_test)]
-    labels = [f"fold {k + 1}/{len(folds)}" for k in range(len(folds))] + ["final fit on Train -> Test"]
-    jobs = (delayed(_fit_and_score)(make_model, *t) for t in tasks)
-    results, per_fold = [], []
-    for i, res in enumerate(Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
-        results.append(res)
-        if i < len(folds):
-            va = folds[i][1]
-            m = binary_metrics(y[va], res[0])
-            m["fold"] = i
-            per_fold.append(m)
-            log.info("%s: %s: AUC %.4f, accuracy %.3f (%d images, fit+score %.1f s)", name, labels[i], m["auc"],
-                     m["accuracy"], len(va), res[3])
-        else:
-            log.info("%s: %s: %.1f s", name, labels[i], res[3])
-
+def _evaluation(job: ModelJob, results: list[dict], n_boot: int, boot_seed: int) -> Evaluation:
+    """Metrics of one model from the results of its fits (k folds in order, then the final fit)."""
+    folds, y, y_test = job.folds, job.meta_train.labels, job.meta_test.labels
+    per_fold = []
     val_score = np.full(len(y), np.nan)
     val_fold = np.full(len(y), -1, dtype=np.int64)
     for k, ((_, va), res) in enumerate(zip(folds, results)):
-        val_score[va] = res[0]
+        val_score[va] = res["score"]
         val_fold[va] = k
+        per_fold.append(dict(binary_metrics(y[va], res["score"]), fold=k))
     if np.isnan(val_score).any():
         raise ValueError("the folds do not cover every Train image")
-    test_score = results[-1][0]
+    test_score = results[-1]["score"]
     test = binary_metrics(y_test, test_score)
-    test_groups = split_groups(meta_test, group_by)
-    lo, hi = bootstrap_auc_ci(y_test, test_score, groups=test_groups, n_boot=n_boot, seed=boot_seed)
+    lo, hi = bootstrap_auc_ci(y_test, test_score, groups=split_groups(job.meta_test, job.group_by), n_boot=n_boot,
+                              seed=boot_seed)
     test["auc_ci"] = [lo, hi]
-    test["auc_ci_method"] = f"group bootstrap ({group_by} + pixel duplicates), {n_boot} resamples"
-    summary = summarize(per_fold)
-    pooled = binary_metrics(y, val_score)
-    log.info("%s: CV AUC %.4f +- %.4f (pooled out-of-fold %.4f); Test AUC %.4f [%.4f, %.4f]", name,
-             summary["auc"]["mean"], summary["auc"]["std"], pooled["auc"], test["auc"], lo, hi)
-    return Evaluation(per_fold=per_fold, summary=summary, pooled=pooled, val_score=val_score, val_fold=val_fold,
-                      test=test, test_score=test_score, score_kind=results[-1][1], estimator=results[-1][2],
-                      elapsed_s=time.perf_counter() - t0)
+    test["auc_ci_method"] = f"group bootstrap ({job.group_by} + pixel duplicates), {n_boot} resamples"
+    ended = max(r["started"] + r["seconds"] for r in results)
+    return Evaluation(per_fold=per_fold, summary=summarize(per_fold), pooled=binary_metrics(y, val_score),
+                      val_score=val_score, val_fold=val_fold, test=test, test_score=test_score,
+                      score_kind=results[-1]["score_kind"], estimator=results[-1]["estimator"],
+                      fit_seconds=[round(r["seconds"], 3) for r in results],
+                      fit_cpu_seconds=[round(r["cpu_seconds"], 3) for r in results],
+                      elapsed_s=ended - min(r["started"] for r in results))
 
 
 def fingerprint(**parts: Any) -> str:
@@ -149,13 +187,11 @@ def is_complete(job_dir: str | os.PathLike, expected_fingerprint: str) -> bool:
         return False
 
 
-def write_outputs(job_dir: str | os.PathLike, ev: Evaluation, meta_train: Split, meta_test: Split, cfg, *,
-                  arm: str, model: str, feature_set: str | None, folds: int, group_by: str, seed: int,
-                  extra: dict | None = None) -> Path:
+def write_outputs(job: ModelJob, ev: Evaluation, cfg, fp: str) -> Path:
     """predictions.npz, config.yaml, then metrics.json (last: its presence marks the job complete)."""
     from microcal_hpc.config import save_config
 
-    job_dir = Path(job_dir)
+    job_dir, meta_train, meta_test = Path(job.job_dir), job.meta_train, job.meta_test
     job_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(job_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh,
@@ -167,15 +203,15 @@ def write_outputs(job_dir: str | os.PathLike, ev: Evaluation, meta_train: Split,
     save_config(cfg, job_dir / "config.yaml")
     metrics = {
         "schema": SCHEMA,
-        "arm": arm,
-        "model": model,
+        "arm": job.arm,
+        "model": job.model,
         "run": "cv",
-        "feature_set": feature_set,
+        "feature_set": job.feature_set,
         "augment": "none",
         "fold": None,
-        "folds": int(folds),
-        "group_by": group_by,
-        "seed": int(seed),
+        "folds": len(job.folds),
+        "group_by": job.group_by,
+        "seed": int(job.seed),
         "validation": None,
         "cv": {"per_fold": ev.per_fold, "summary": ev.summary, "pooled": ev.pooled},
         "test": ev.test,
@@ -183,49 +219,110 @@ def write_outputs(job_dir: str | os.PathLike, ev: Evaluation, meta_train: Split,
         "estimator": ev.estimator,
         "n_train": int(len(meta_train)),
         "n_test": int(len(meta_test)),
+        "n_features": int(job.X_train.shape[1]),
+        "fit_seconds": ev.fit_seconds,
+        "fit_cpu_seconds": ev.fit_cpu_seconds,
         "elapsed_s": round(ev.elapsed_s, 3),
     }
-    metrics.update(extra or {})
+    metrics.update(job.extra, inputs=job.inputs, fingerprint=fp)
     write_json(job_dir / "metrics.json", metrics)
     return job_dir
 
 
-@contextlib.contextmanager
-def job_log_file(path: str | os.PathLike):
-    """Copy the ``microcal`` log lines to ``path`` (appended) while the block runs."""
+def _model_logger(job: ModelJob) -> tuple[logging.Logger, Optional[logging.Handler]]:
+    """A logger for one model's lines: they go to the job's log (``microcal`` handlers) and to the model's
+    own log file, unless the ``microcal`` handlers already write that file."""
+    logger = logging.getLogger(f"microcal.wavelet.evaluate.{job.name}")
+    path = os.path.abspath(Path(job.job_dir) / job.log_name)
     root = logging.getLogger("microcal")
-    handler = file_handler(path)
-    root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    if any(getattr(h, "baseFilename", None) == path for h in root.handlers):
+        return logger, None
+    handler = file_handler(path)
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def run_model_jobs(jobs: list[ModelJob], cfg, n_jobs: int, force: bool = False) -> list[str]:
+    """Evaluate every model of ``jobs`` that is not already complete for the same inputs and settings;
+    all their fits run in one pool of :func:`resolve_n_jobs` workers. Returns the model folders."""
+    from joblib import Parallel, delayed
+
+    pending = []
+    for job in jobs:
+        fp = job.fingerprint(cfg)
+        if not force and is_complete(job.job_dir, fp):
+            log.info("%s: %s is already complete for these inputs and settings; nothing to do", job.name, job.job_dir)
+        else:
+            pending.append((job, fp))
+    tasks = [(j, k, args) for j, (job, _) in enumerate(pending) for k, args in enumerate(job.tasks())]
+    workers = min(resolve_n_jobs(n_jobs), max(len(tasks), 1))
+    names = ", ".join(job.name for job, _ in pending)
+    if tasks:
+        log.info("%d model(s) to evaluate (%s): %d fits on %d worker process(es)", len(pending), names, len(tasks),
+                 workers)
+    loggers = [_model_logger(job) for job, _ in pending]
+    results: list[dict[int, dict]] = [{} for _ in pending]
+    t0 = time.perf_counter()
     try:
-        yield
+        for (job, _), (mlog, _) in zip(pending, loggers):
+            mlog.info("%s: %d Train images (%d features), %d-fold group CV (group_by=%s, seed=%d), then Test "
+                      "(%d images)", job.name, len(job.meta_train), job.X_train.shape[1], len(job.folds),
+                      job.group_by, job.seed, len(job.meta_test))
+        calls = (delayed(_with_task)(i, fit_and_score, *args) for i, (_, _, args) in enumerate(tasks))
+        for done, (i, res) in enumerate(Parallel(n_jobs=workers, return_as="generator_unordered")(calls), 1):
+            j, k, _ = tasks[i]
+            job, mlog = pending[j][0], loggers[j][0]
+            results[j][k] = res
+            _log_fit(mlog, job, k, res, f"[{done}/{len(tasks)}]")
+            if len(results[j]) == len(job.folds) + 1:
+                _finish(job, pending[j][1], [results[j][k] for k in sorted(results[j])], cfg, mlog)
     finally:
-        root.removeHandler(handler)
-        handler.close()
+        for mlog, handler in loggers:
+            if handler is not None:
+                mlog.removeHandler(handler)
+                handler.close()
+    if tasks:
+        log.info("%d model(s) evaluated (%s) in %.1f s", len(pending), names, time.perf_counter() - t0)
+    return [str(job.job_dir) for job in jobs]
+
+
+def _log_fit(mlog: logging.Logger, job: ModelJob, k: int, res: dict, progress: str) -> None:
+    """One line per finished fit: the fold's AUC and accuracy (not for the final fit), time and worker."""
+    where = f"fit+score {res['seconds']:.1f} s, worker {res['pid']}"
+    if k < len(job.folds):
+        va = job.folds[k][1]
+        m = binary_metrics(job.meta_train.labels[va], res["score"])
+        mlog.info("%s %s: %s: AUC %.4f, accuracy %.3f (%d images, %s)", progress, job.name, job.task_label(k),
+                  m["auc"], m["accuracy"], len(va), where)
+    else:
+        mlog.info("%s %s: %s: %s", progress, job.name, job.task_label(k), where)
+
+
+def _with_task(i: int, fn: Callable, *args) -> tuple[int, Any]:
+    """``(i, fn(*args))``: results that arrive out of order keep their task index."""
+    return i, fn(*args)
+
+
+def _finish(job: ModelJob, fp: str, results: list[dict], cfg, mlog: logging.Logger) -> None:
+    ev = _evaluation(job, results, cfg.report.bootstrap, cfg.report.seed)
+    write_outputs(job, ev, cfg, fp)
+    lo, hi = ev.test["auc_ci"]
+    mlog.info("%s: CV AUC %.4f +- %.4f (pooled out-of-fold %.4f); Test AUC %.4f [%.4f, %.4f]; wrote %s", job.name,
+              ev.summary["auc"]["mean"], ev.summary["auc"]["std"], ev.pooled["auc"], ev.test["auc"], lo, hi,
+              job.job_dir)
 
 
 def run_model_job(job_dir: str | os.PathLike, make_model: Callable, X_train: np.ndarray, meta_train: Split,
                   X_test: np.ndarray, meta_test: Split, cfg, *, arm: str, model: str, feature_set: str | None,
                   folds: list[tuple[np.ndarray, np.ndarray]], n_folds: int, group_by: str, seed: int,
                   n_jobs: int, log_name: str, inputs: dict, extra: dict | None = None, force: bool = False) -> str:
-    """Evaluate one model and write its folder, unless it is already complete for the same ``inputs``."""
-    job_dir = Path(job_dir)
-    fp = fingerprint(arm=arm, model=model, feature_set=feature_set, estimator=_compact_repr(make_model()),
-                     folds=n_folds, group_by=group_by, seed=seed, n_boot=cfg.report.bootstrap,
-                     boot_seed=cfg.report.seed, inputs=inputs, sklearn=_sklearn_version())
-    name = model if feature_set is None else f"{feature_set}/{model}"
-    if not force and is_complete(job_dir, fp):
-        log.info("%s: %s is already complete for these inputs and settings; nothing to do", name, job_dir)
-        return str(job_dir)
-    with job_log_file(job_dir / log_name):
-        log.info("%s: %d Train images (%d features), %d-fold group CV (group_by=%s, seed=%d), then Test (%d images)",
-                 name, len(meta_train), X_train.shape[1], n_folds, group_by, seed, len(meta_test))
-        ev = evaluate(make_model, X_train, meta_train, X_test, meta_test, folds, group_by=group_by, n_jobs=n_jobs,
-                      n_boot=cfg.report.bootstrap, boot_seed=cfg.report.seed, name=name)
-        write_outputs(job_dir, ev, meta_train, meta_test, cfg, arm=arm, model=model, feature_set=feature_set,
-                      folds=n_folds, group_by=group_by, seed=seed,
-                      extra={"n_features": int(X_train.shape[1]), **(extra or {}), "inputs": inputs,
-                             "fingerprint": fp})
-        log.info("%s: wrote %s", name, job_dir)
-    return str(job_dir)
+    """Evaluate one model and write its folder, unless it is already complete for the same ``inputs``
+    (:func:`run_model_jobs` for a single model; ``n_folds`` must be ``len(folds)``)."""
+    if n_folds != len(folds):
+        raise ValueError(f"n_folds={n_folds} but {len(folds)} folds were given")
+    job = ModelJob(job_dir=Path(job_dir), make_model=make_model, X_train=X_train, meta_train=meta_train,
+                   X_test=X_test, meta_test=meta_test, arm=arm, model=model, feature_set=feature_set, folds=folds,
+                   group_by=group_by, seed=seed, log_name=log_name, inputs=inputs, extra=dict(extra or {}))
+    return run_model_jobs([job], cfg, n_jobs, force)[0]
