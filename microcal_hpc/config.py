@@ -534,24 +534,49 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _read_yaml(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise ConfigError(f"{p}: invalid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top``'s values over it: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both else value
+    return out
+
+
+def read_config_file(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a nested dict. A top-level ``extends: OTHER.yaml`` (relative to the file) starts
+    from OTHER's values and puts this file's over them (sections merged key by key)."""
+    p = Path(path)
+    if p.resolve() in _seen:
+        raise ConfigError(f"{p}: 'extends' loops back to this file")
+    data = _read_yaml(p)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{p}: 'extends' must be the path of another config file")
+    return _deep_merge(read_config_file(p.parent / base, _seen + (p.resolve(),)), data)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a Config from an optional YAML file, then apply ``section.key=value`` overrides."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0] if str(e) else "invalid YAML"
-            raise ConfigError(f"{p}: invalid YAML: {first}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    """Load a Config from an optional YAML file (and the files it ``extends``), then apply
+    ``section.key=value`` overrides."""
+    data = read_config_file(path) if path else {}
     apply_overrides(data, overrides or [])
-    return config_from_dict(data, source)
+    return config_from_dict(data, str(path) if path else "defaults")
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

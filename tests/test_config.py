@@ -24,6 +24,33 @@ def test_yaml_then_overrides_in_order(tmp_path):
     assert cfg.wavelet.keep_levels == [3, 4]
 
 
+def test_a_file_that_extends_another_overrides_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n  seed: 3\ncampaign:\n  augment_presets: [flips]\n"
+                                        "  resources:\n    train: {cpus_per_task: 2, mem_gb: 8}\n")
+    (tmp_path / "sub").mkdir()
+    top = tmp_path / "sub" / "top.yaml"
+    top.write_text("extends: ../base.yaml\ntrain:\n  epochs: 9\ncampaign:\n  augment_presets: []\n"
+                   "  resources:\n    train: {gpus_per_node: 1}\n")
+    cfg = load_config(top, ["train.seed=4"])
+    assert (cfg.train.epochs, cfg.train.seed, cfg.campaign.augment_presets) == (9, 4, [])
+    train = cfg.resources("train")
+    assert (train.cpus_per_task, train.mem_gb, train.gpus_per_node) == (2, 8, 1)
+    (tmp_path / "base.yaml").write_text("extends: sub/top.yaml\n")
+    with pytest.raises(ConfigError, match="'extends' loops back to this file"):
+        load_config(top)
+
+
+def test_the_gpu_config_is_the_main_study_with_cluster_resources():
+    from pathlib import Path
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    main, gpu = load_config(configs / "campaign.yaml"), load_config(configs / "campaign-gpu.yaml")
+    for section in ("data", "train", "wavelet"):
+        assert getattr(gpu, section) == getattr(main, section), section
+    assert gpu.classify.classifiers == main.classify.classifiers and gpu.classify.n_jobs == 8
+    assert gpu.campaign.augment_presets == main.campaign.augment_presets and gpu.campaign.executor == "slurm"
+    assert gpu.resources("train").gpus_per_node == 1 and main.resources("train").gpus_per_node == 0
+
+
 def test_partial_resources_keep_other_defaults(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("campaign:\n  resources:\n    train: {gpus_per_node: 2, tasks_per_node: 2}\n")
