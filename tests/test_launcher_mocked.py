@@ -277,7 +277,7 @@ def test_dry_run_json_and_gpu_requests(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     jobs = {j["key"]: j for j in plan["jobs"]}
     assert plan["counts"]["to_submit"] == 12 and plan["warnings"] == [] and not (tmp_path / "run").exists()
-    assert plan["setup"][0] == "module load cuda/12.2"
+    assert plan["setup"] == ["source $HOME/venvs/microcal-gpu/bin/activate"]
     off = jobs["cnn-official"]
     r = off["resources"]
     assert (r["nodes"], r["tasks_per_node"], r["gpus_per_node"]) == (2, 2, 2)

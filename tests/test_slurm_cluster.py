@@ -154,6 +154,7 @@ def test_submitit_campaign_completes_on_slurm(slurm_cluster, real_root, tmp_path
     proc = microcal(args, slurm_env(), 120)
     assert proc.returncode == 0, explain(run, proc)
     assert "9 jobs submitted" in proc.stdout, proc.stdout
+    assert not (run / "logs" / "%j").exists()  # submitit's folder template: no empty folder of that name
 
     def finished() -> bool:
         states = live_states(run)

@@ -172,7 +172,17 @@ def submit_slurm(cfg: Config, plan: Plan, todo: list[JobSpec], active_ids: dict[
         ids = ", ".join(job.job_id for job in jobs)
         names = ", ".join(s.name for s in unit)
         say(f"submitted {unit[0].stage}: {names} -> {ids}" + (f" ({dep})" if dep else ""))
+    _remove_template_folder(folder)
     return job_ids
+
+
+def _remove_template_folder(folder: Path) -> None:
+    """submitit writes a single job's pickle under the folder template itself (``logs/%j``) before it
+    knows the id, then moves it to ``logs/<id>``: the literal ``%j`` folder is left empty; remove it."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or not empty
+        pass
 
 
 def _cancel_submitted(run_dir: str, submitted: dict[str, str], why: str) -> None:
