@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from microcal_hpc.launcher import records, stale
+from microcal_hpc.launcher.locks import pid_alive
 from microcal_hpc.launcher.plan import STAGES
 
 
@@ -147,14 +148,6 @@ def squeue_states(job_ids: Iterable[str]) -> Optional[dict[str, dict[str, Any]]]
     return states
 
 
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
-
-
 def _record_elapsed(rec: dict[str, Any]) -> Optional[float]:
     if rec.get("elapsed_s") is not None and rec.get("state") in records.TERMINAL:
         return float(rec["elapsed_s"])
@@ -211,7 +204,7 @@ def collect(run_dir: str | os.PathLike, use_slurm: Optional[bool] = None,
         if rec.get("executor") in ("local", "debug") and state in records.ACTIVE:
             # nothing runs any more when neither the job's process nor the launcher is alive
             same_host = rec.get("launcher_host") in (None, os.uname().nodename)
-            if same_host and not _pid_alive(rec.get("pid")) and not _pid_alive(rec.get("launcher_pid")):
+            if same_host and not pid_alive(rec.get("pid")) and not pid_alive(rec.get("launcher_pid")):
                 state = "INTERRUPTED"
         log = rec.get("log_err") or rec.get("job_log")
         rows.append(JobStatus(key=key, stage=rec.get("stage", "?"), name=rec.get("name", key), state=state,
