@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             p = pack_once(root, packed, force=True)
             f = features_once(packed, features, args.ranks) if "features" in args.stages else None
         finally:
-            for path in (packed, features, features.with_suffix(".log")):
+            for path in (packed, packed.with_name(packed.name + ".sha256"), features, features.with_suffix(".log")):
                 path.unlink(missing_ok=True)
             if n > 100_000 and not args.keep_trees:
                 shutil.rmtree(root, ignore_errors=True)
