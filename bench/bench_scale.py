@@ -1,7 +1,7 @@
 """Pack and wavelet features at 10k, 100k and 1M synthetic patches: wall time, images/s, peak memory.
 
-    python bench/bench_scale.py [--sizes 10000,100000,1000000] [--ranks 2] [--workdir DIR] [--keep-trees]
-        [--out bench/results/scale.json]
+    python bench/bench_scale.py [--sizes 10000,100000,1000000] [--stages pack,features] [--ranks 2]
+        [--workdir DIR] [--keep-trees] [--out bench/results/scale.json]
 
 For each N, a synthetic image tree of N 60x60 PGM files (:func:`microcal_hpc.synthetic.make_image_tree`,
 one call per class folder: Train 80 %, Test 20 %, classes balanced) is written under ``--workdir`` (default
@@ -13,6 +13,8 @@ processes:
 2. wavelet features: ``mpiexec -n RANKS python -m jobs wavelet-features`` on the packed file with the
    default settings, each rank bound to one core; wall time of the command, the job's own time and
    every rank's peak RSS and CPU time as the job reports them (``--summary-json``).
+
+``--stages pack`` runs the pack stage only (the features stage needs the packed file, so it cannot run alone).
 
 Bounded memory means peak RSS independent of N: the bench prints each stage's peak RSS at every N and
 the growth from the smallest to the largest N in bytes per image. Linear time means images/s
@@ -100,16 +102,26 @@ def features_once(packed: Path, out: Path, ranks: int) -> dict:
             "output_gb": round(out.stat().st_size / 1e9, 2)}
 
 
-def check_disk(work: Path, n: int, tree_exists: bool) -> None:
-    need = n * (PACKED_BYTES_PER_IMAGE + FEATURE_BYTES_PER_IMAGE) + (0 if tree_exists else n * TREE_BYTES_PER_IMAGE)
+def check_disk(work: Path, n: int, tree_exists: bool, features: bool = True) -> None:
+    need = (n * (PACKED_BYTES_PER_IMAGE + (FEATURE_BYTES_PER_IMAGE if features else 0))
+            + (0 if tree_exists else n * TREE_BYTES_PER_IMAGE))
     free = shutil.disk_usage(work).free
     if need * 1.1 > free:
         raise SystemExit(f"{work}: {free / 1e9:.1f} GB free, {n} images need about {need / 1e9:.1f} GB")
 
 
+def features_row(n: int, f: dict) -> dict:
+    """The features stage's fields of a result row."""
+    return {"features_wall_s": f["wall_s"], "features_job_s": f["job_s"],
+            "features_cpu_s": f["cpu_s"], "features_images_per_s": round(n / f["wall_s"]),
+            "features_images_per_cpu_s": round(n / f["cpu_s"]) if f["cpu_s"] else None,
+            "features_peak_rss_mb": max(f["peak_rss_mb_per_rank"] or [0]),
+            "features_peak_rss_mb_per_rank": f["peak_rss_mb_per_rank"], "features_output_gb": f["output_gb"]}
+
+
 def growth_per_image(rows: list[dict], key: str) -> float | None:
     """Bytes of peak RSS per image added from the smallest to the largest N."""
-    if len(rows) < 2:
+    if len(rows) < 2 or key not in rows[0]:
         return None
     a, b = rows[0], rows[-1]
     return round((b[key] - a[key]) * 1e6 / (b["n"] - a["n"]), 1)
@@ -118,6 +130,8 @@ def growth_per_image(rows: list[dict], key: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--stages", default="pack,features", choices=["pack,features", "pack"],
+                    help="pack only, or pack then wavelet features")
     ap.add_argument("--ranks", type=int, default=2, help="MPI ranks of the features job (the campaign uses 2)")
     ap.add_argument("--workdir", default=str(workdir_default()))
     ap.add_argument("--keep-trees", action="store_true", help="keep trees of more than 100,000 images")
@@ -131,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before, started = os.getloadavg(), time.strftime("%Y-%m-%dT%H:%M:%S")
     rows = []
     for n in sorted(int(s) for s in args.sizes.split(",")):
-        check_disk(work, n, (work / f"tree-{n}" / ".complete").exists())
+        check_disk(work, n, (work / f"tree-{n}" / ".complete").exists(), "features" in args.stages)
         root, gen_s = synthetic_tree(n, work)
         packed, features = work / f"packed-{n}.h5", work / f"features-{n}.h5"
         try:
             p = pack_once(root, packed, force=True)
-            f = features_once(packed, features, args.ranks)
+            f = features_once(packed, features, args.ranks) if "features" in args.stages else None
         finally:
-            for path in (packed, features, features.with_suffix(".log")):
+            for path in (packed, packed.with_name(packed.name + ".sha256"), features, features.with_suffix(".log")):
                 path.unlink(missing_ok=True)
             if n > 100_000 and not args.keep_trees:
                 shutil.rmtree(root, ignore_errors=True)
@@ -146,13 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                "pack_wall_s": round(p["wall_s"], 2), "pack_cpu_s": round(p["cpu_s"], 2),
                "pack_images_per_s": round(n / p["wall_s"]), "pack_images_per_cpu_s": round(n / p["cpu_s"]),
                "pack_peak_rss_mb": round(p["peak_rss_mb"], 1),
-               "pack_rss_after_imports_mb": round(p["rss_after_imports_mb"], 1),
-               "features_wall_s": f["wall_s"], "features_job_s": f["job_s"],
-               "features_cpu_s": f["cpu_s"], "features_images_per_s": round(n / f["wall_s"]),
-               "features_images_per_cpu_s": round(n / f["cpu_s"]) if f["cpu_s"] else None,
-               "features_peak_rss_mb": max(f["peak_rss_mb_per_rank"] or [0]),
-               "features_peak_rss_mb_per_rank": f["peak_rss_mb_per_rank"], "features_output_gb": f["output_gb"],
-               "load_average": [round(x, 2) for x in os.getloadavg()]}
+               "pack_rss_after_imports_mb": round(p["rss_after_imports_mb"], 1)}
+        if f:
+            row.update(features_row(n, f))
+        row["load_average"] = [round(x, 2) for x in os.getloadavg()]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     result = {"benchmark": "pack and wavelet features at scale (synthetic 60x60 PGM trees)", "started": started,
@@ -166,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['n']:>9} | {'pack':<8} | {r['pack_wall_s']:>8.2f} | {r['pack_images_per_s']:>9} | "
               f"{r['pack_images_per_cpu_s']:>12} | {r['pack_peak_rss_mb']:>11.1f}")
+        if "features_wall_s" not in r:
+            continue
         print(f"{r['n']:>9} | {'features':<8} | {r['features_wall_s']:>8.2f} | {r['features_images_per_s']:>9} | "
               f"{r['features_images_per_cpu_s']:>12} | {r['features_peak_rss_mb']:>11.1f}  "
               f"(per rank {r['features_peak_rss_mb_per_rank']})")

@@ -1,8 +1,9 @@
 """Atomic outputs: write to a temporary name in the target folder, rename when complete.
 
 A temporary output is named ``.NAME.HOST~PID~XXXXXXXX[SUFFIX].tmp`` beside ``NAME`` (hidden; ``HOST`` is
-the short host name, ``PID`` the writing process). A process killed while writing (SIGKILL, out of
-memory) cannot remove it; the next :func:`atomic_path` in that folder does, once that process is gone
+the short host name, ``PID`` the writing process); so is a scratch folder for intermediate files
+(:func:`scratch_folder`). A process killed while writing (SIGKILL, out of memory) cannot remove them;
+the next :func:`atomic_path` in that folder does, once that process is gone
 (:func:`remove_stale_temporaries`). Nothing else is ever removed: not a living process's temporary, not
 another host's, not a file of any other name.
 
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from microcal_hpc.errors import MicrocalError, OutputError, causes, os_reason
 from microcal_hpc.joblog import get_logger
@@ -40,6 +41,10 @@ _TEMPORARY = re.compile(r"^\..+\.(?P<host>[^.~/]+)~(?P<pid>\d+)~[a-z0-9_]{8}[^/]
 
 def _host() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
+
+
+def _temporary_prefix(final: Path) -> str:
+    return f".{final.name}.{_host()}~{os.getpid()}~"
 
 
 def process_alive(pid: int) -> bool:
@@ -96,8 +101,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{_host()}~{os.getpid()}~", suffix=f"{suffix}.tmp",
-                                        dir=final.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(final), suffix=f"{suffix}.tmp", dir=final.parent)
     except OSError as e:
         raise OutputError(f"{final}: cannot write ({os_reason(e)})") from None
     os.close(fd)
@@ -116,6 +120,37 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             _release_writer(e)
             raise OutputError(f"{final}: cannot write ({reason})") from None
         raise
+
+
+@contextlib.contextmanager
+def scratch_folder(final: str | os.PathLike, suffix: str = ".scratch") -> Iterator[Callable[[], Path]]:
+    """Yield a function that returns a scratch folder beside ``final`` for intermediate files: created at
+    its first call (a block that needs none creates none), removed with its contents when the block ends,
+    however it ends. Named like a temporary output, so one left by a killed process is removed by the
+    next :func:`atomic_path` there. A failure to write is raised as OutputError naming ``final``."""
+    final = Path(final)
+    made: list[Path] = []
+
+    def folder() -> Path:
+        if not made:
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                made.append(Path(tempfile.mkdtemp(prefix=_temporary_prefix(final), suffix=f"{suffix}.tmp",
+                                                  dir=final.parent)))
+            except OSError as e:
+                raise OutputError(f"{final}: cannot write ({os_reason(e)})") from None
+        return made[0]
+
+    try:
+        yield folder
+    except Exception as e:
+        reason = write_failure(e, made[0]) if made else None
+        if reason is not None:
+            raise OutputError(f"{final}: cannot write ({reason})") from None
+        raise
+    finally:
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)
 
 
 def _release_writer(exc: BaseException) -> None:

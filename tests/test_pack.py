@@ -298,5 +298,5 @@ def test_pack_streams_pixels_in_chunks(tmp_path):
     pixel_bytes = 2000 * 128 * 128
     assert peak < 6_000_000, f"peak {peak / 1e6:.1f} MB of Python allocations for {pixel_bytes / 1e6:.1f} MB of pixels"
     s = scan_tree(root)
-    last = s.files["test"][-1][0]
+    last = list(s.files["test"])[-1][0]  # the files of a split are iterated, not indexed
     np.testing.assert_array_equal(read_images(out, "test", 999, 1000)[0], read_image(root / last))
