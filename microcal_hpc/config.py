@@ -251,7 +251,7 @@ class ResourceConfig:
 def _default_resources() -> dict[str, ResourceConfig]:
     return {
         "pack": ResourceConfig(time_min=20, cpus_per_task=1, mem_gb=4),
-        "train": ResourceConfig(time_min=120, cpus_per_task=2, mem_gb=8),
+        "train": ResourceConfig(time_min=120, cpus_per_task=1, mem_gb=8),
         "wavelet_features": ResourceConfig(time_min=30, tasks_per_node=2, cpus_per_task=1, mem_gb=4),
         "wavelet_classify": ResourceConfig(time_min=60, cpus_per_task=2, mem_gb=8),
         "aggregate": ResourceConfig(time_min=30, cpus_per_task=1, mem_gb=4),
