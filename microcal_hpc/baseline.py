@@ -1,6 +1,7 @@
 """The baselines job (:data:`BASELINES`); command line: ``microcal-hpc baseline``.
 
-Two random forests (the wavelet arm's ``rf``) on global grey-level statistics of each patch (:mod:`microcal_hpc.greylevel`), which ignore where pixels are:
+Two random forests (the wavelet arm's ``rf``) on global grey-level statistics of each patch
+(:mod:`microcal_hpc.greylevel`), which ignore where pixels are:
 
 - ``brightness-rf``: brightness only (location and central spread, no extremes). It cannot see
   calcification specks; what it reaches is what the acquisition/brightness cue alone gives.
