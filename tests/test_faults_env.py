@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import cli_env
+from test_faults_pack import flip
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -87,14 +88,6 @@ def features(packed_synthetic, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features") / "features.h5"
     features_job(Config(), str(packed_synthetic), str(out))
     return out
-
-
-def flip(path: Path, offset: int, n: int = 16) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        data = fh.read(n)
-        fh.seek(offset)
-        fh.write(bytes(b ^ 0xFF for b in data))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_faults_mpi import children, gone
+from test_faults_mpi import STOP_SECONDS, children, gone, signal_and_wait, stop
 
 pytestmark = [pytest.mark.horovod, pytest.mark.slow]
 
 TESTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the venv's horovodrun and microcal-hpc
-STOP_SECONDS = 30
 EPOCHS = 12
 
 
@@ -90,12 +89,6 @@ def run_until_checkpoint(proc: subprocess.Popen, job: Path, timeout: float = 300
         time.sleep(0.1)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def assert_checkpoint_intact(job: Path) -> int:
     state = json.loads((job / "checkpoints" / "state.json").read_text())
     assert 1 <= state["epoch"] < EPOCHS and len(state["history"]["loss"]) == state["epoch"]
@@ -104,22 +97,26 @@ def assert_checkpoint_intact(job: Path) -> int:
     return state["epoch"]
 
 
-@pytest.mark.timeout(600)
-def test_sigterm_to_one_rank_under_horovodrun_stops_both_and_the_job_resumes(packed_synthetic, tmp_path):
-    job = tmp_path / "run" / "official"
-    proc = slow_train("gloo", packed_synthetic, tmp_path)
+def signal_one_rank(mode: str, rank: int, signum: int, packed: Path, tmp_path: Path, job: Path) -> str:
+    """Train under ``mode``'s launcher, send ``signum`` to ``rank`` after the first checkpoint; assert that
+    every rank and the launcher stop within STOP_SECONDS with a non-zero exit; return the launcher's stderr."""
+    proc = slow_train(mode, packed, tmp_path)
     try:
         run_until_checkpoint(proc, job)
         ranks = rank_processes(proc.pid)
         assert sorted(ranks) == [0, 1]
-        t0 = time.monotonic()
-        os.kill(ranks[1], signal.SIGTERM)
-        _, err = proc.communicate(timeout=STOP_SECONDS + 30)
-        seconds = time.monotonic() - t0
+        seconds, err = signal_and_wait(proc, ranks[rank], signum)
     finally:
         stop(proc)
     assert seconds < STOP_SECONDS and gone(ranks.values()), f"{seconds:.0f} s\n{err[-3000:]}"
     assert proc.returncode != 0
+    return err
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_to_one_rank_under_horovodrun_stops_both_and_the_job_resumes(packed_synthetic, tmp_path):
+    job = tmp_path / "run" / "official"
+    err = signal_one_rank("gloo", 1, signal.SIGTERM, packed_synthetic, tmp_path, job)
     ours = [line for line in err.splitlines() if "microcal-hpc: error:" in line]
     assert len(ours) == 1 and ours[0].endswith("microcal-hpc: error: rank 1 of 2 stopped by SIGTERM; stopping every "
                                                "rank"), err[-3000:]
@@ -139,19 +136,7 @@ def test_sigterm_to_one_rank_under_horovodrun_stops_both_and_the_job_resumes(pac
 @pytest.mark.timeout(600)
 def test_sigkill_of_rank_0_under_mpirun_stops_both_and_keeps_the_checkpoint(packed_synthetic, tmp_path):
     job = tmp_path / "run" / "official"
-    proc = slow_train("mpi", packed_synthetic, tmp_path)
-    try:
-        run_until_checkpoint(proc, job)
-        ranks = rank_processes(proc.pid)
-        assert sorted(ranks) == [0, 1]
-        t0 = time.monotonic()
-        os.kill(ranks[0], signal.SIGKILL)
-        _, err = proc.communicate(timeout=STOP_SECONDS + 30)
-        seconds = time.monotonic() - t0
-    finally:
-        stop(proc)
-    assert seconds < STOP_SECONDS and gone(ranks.values()), f"{seconds:.0f} s\n{err[-3000:]}"
-    assert proc.returncode != 0
+    err = signal_one_rank("mpi", 0, signal.SIGKILL, packed_synthetic, tmp_path, job)
     assert re.search(r"process rank 0 .* exited on signal 9", err), err[-3000:]  # mpirun names it
     assert [line for line in err.splitlines() if "microcal-hpc: error:" in line] == []  # rank 1 ends quietly
     assert_checkpoint_intact(job)

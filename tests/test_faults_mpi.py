@@ -88,6 +88,21 @@ def gone(pids) -> bool:
     return not any(process_alive(p) for p in pids)
 
 
+def signal_and_wait(proc: subprocess.Popen, pid: int, signum: int) -> tuple[float, str]:
+    """Send ``signum`` to ``pid`` (one rank of ``proc``), wait for ``proc`` to end: (seconds it took, its stderr)."""
+    t0 = time.monotonic()
+    os.kill(pid, signum)
+    _, err = proc.communicate(timeout=STOP_SECONDS + 30)
+    return time.monotonic() - t0, err
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill ``proc``'s whole session if it is still running (a test that failed before it ended)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("rank, signum", [(1, signal.SIGTERM), (0, signal.SIGINT), (0, signal.SIGKILL)],
                          ids=["rank1-SIGTERM", "rank0-SIGINT", "rank0-SIGKILL"])
@@ -102,14 +117,9 @@ def test_a_signal_to_one_rank_ends_every_rank(packed_synthetic, tmp_path, rank, 
         ranks = rank_processes(proc.pid)
         assert sorted(ranks) == [0, 1]
         assert len(temporaries(out.parent)) == 1  # rank 0 has created the output under a temporary name
-        t0 = time.monotonic()
-        os.kill(ranks[rank], signum)
-        _, err = proc.communicate(timeout=STOP_SECONDS + 30)
-        seconds = time.monotonic() - t0
+        seconds, err = signal_and_wait(proc, ranks[rank], signum)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
     assert seconds < STOP_SECONDS and gone(ranks.values()), f"ended {seconds:.0f} s after the signal\n{err}"
     assert proc.returncode == 128 + signum, err
     name = signal.Signals(signum).name

@@ -4,16 +4,15 @@ ends every task: the signalled rank says so in one line and removes nothing it d
 the step, and rank 0 (stopped by srun) removes its temporary output."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from test_faults_mpi import STOP_SECONDS, TESTS, gone, mpi_env, temporaries, wait_until_working
+from test_faults_mpi import (STOP_SECONDS, TESTS, gone, mpi_env, signal_and_wait, stop, temporaries,
+                             wait_until_working)
 from test_slurm_cluster import slurm_cluster  # noqa: F401  (the module's cluster fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi, pytest.mark.slow]
@@ -45,14 +44,9 @@ def test_sigterm_to_one_srun_task_ends_the_step(slurm_cluster, packed_synthetic,
         wait_until_working(ready, proc)
         tasks = task_processes(str(ready))
         assert sorted(tasks) == [0, 1] and len(temporaries(out.parent)) == 1
-        t0 = time.monotonic()
-        os.kill(tasks[1], signal.SIGTERM)
-        _, err = proc.communicate(timeout=STOP_SECONDS + 30)
-        seconds = time.monotonic() - t0
+        seconds, err = signal_and_wait(proc, tasks[1], signal.SIGTERM)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
     assert seconds < STOP_SECONDS and gone(tasks.values()), f"{seconds:.0f} s\n{err}"
     assert proc.returncode == 143, err
     ours = [line for line in err.splitlines() if line.startswith("microcal-hpc")]
