@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -348,19 +351,25 @@ def test_early_stopping_ends_training_and_keeps_the_best_weights(packed_syntheti
 def test_a_restarted_job_removes_only_the_temporaries_a_killed_run_left(tmp_path):
     from microcal_hpc.cnn.checkpoint import remove_stale_temporaries
 
+
+    killed = subprocess.Popen(["true"])
+    killed.wait()  # a process that is gone
+    host = socket.gethostname().split(".")[0]
     job = tmp_path / "official"
     (job / "checkpoints").mkdir(parents=True)
-    left = [job / ".predictions.npz.k2j3.tmp", job / "checkpoints" / ".epoch-0003.npz.x1.tmp",
-            job / "checkpoints" / ".state.json.a9.tmp"]
+    left = [job / f".predictions.npz.{host}~{killed.pid}~k2j3abcd.tmp",
+            job / "checkpoints" / f".epoch-0003.npz.{host}~{killed.pid}~x1abcdef.tmp",
+            job / "checkpoints" / f".state.json.{host}~{killed.pid}~a9abcdef.tmp"]
     for p in left:
         p.write_bytes(b"half")
-    (job / ".model.keras.q8.tmp").mkdir()  # save_inference_model's folder
-    (job / ".model.keras.q8.tmp" / "model.keras").write_bytes(b"half")
+    scratch = job / f".model.keras.{host}~{killed.pid}~q8abcdef.scratch.tmp"  # save_inference_model's folder
+    scratch.mkdir()
+    (scratch / "model.keras").write_bytes(b"half")
     kept = [job / "checkpoints" / "epoch-0002.npz", job / "checkpoints" / "state.json", job / "train.log",
-            job / ".hidden-but-not-ours"]
+            job / ".hidden-but-not-ours", job / f".metrics.json.{host}~{os.getpid()}~abcdefgh.tmp"]  # alive
     for p in kept:
         p.write_bytes(b"whole")
-    assert remove_stale_temporaries(job) == 4
+    assert len(remove_stale_temporaries(job)) == 4
     assert sorted(p for p in job.rglob("*") if p.is_file()) == sorted(kept)
 
 

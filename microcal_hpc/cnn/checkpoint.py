@@ -18,13 +18,13 @@ counter is one of the optimizer's variables, so a resumed job continues bit for 
 from __future__ import annotations
 
 import json
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from microcal_hpc import atomic
 from microcal_hpc.atomic import atomic_path, write_json
 from microcal_hpc.errors import InputError, MicrocalError
 
@@ -139,16 +139,11 @@ class Checkpointer:
                 old.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(job_dir: str | Path) -> int:
-    """Delete what a killed run of the job left under temporary names (``.*.tmp`` files and folders in the
-    job folder and in ``checkpoints/``); call before the job starts writing."""
-    stale = [*Path(job_dir).glob(".*.tmp"), *checkpoint_dir(job_dir).glob(".*.tmp")]
-    for p in stale:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    return len(stale)
+def remove_stale_temporaries(job_dir: str | Path) -> list[Path]:
+    """Remove what killed runs of the job left under temporary names in the job folder and in
+    ``checkpoints/`` (:func:`microcal_hpc.atomic.remove_stale_temporaries`: only the temporaries of
+    processes that are gone); return them. Call before the job starts writing."""
+    return [*atomic.remove_stale_temporaries(job_dir), *atomic.remove_stale_temporaries(checkpoint_dir(job_dir))]
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

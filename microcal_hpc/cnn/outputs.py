@@ -13,7 +13,6 @@ the job complete.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from microcal_hpc.atomic import atomic_path, write_json
+from microcal_hpc.atomic import atomic_path, scratch_folder, write_json
 from microcal_hpc.cnn import checkpoint
 from microcal_hpc.cnn.data import JobData
 from microcal_hpc.cnn.tracking import PhaseTimer, format_breakdown
@@ -41,13 +40,13 @@ def write_predictions(path: Path, d: JobData, val_prob: np.ndarray, test_prob: n
 
 def save_inference_model(model, cfg: Config, final: Path) -> None:
     """``model``'s weights in a fresh inference model (plain Dropout, no optimizer) saved as ``.keras``:
-    written in a temporary folder beside ``final`` (Keras needs the extension), then renamed into place."""
+    written in a scratch folder beside ``final`` (Keras needs the extension), then renamed into place."""
     from microcal_hpc.cnn.model import build_model
 
     export = build_model(model.input_shape[1:], cfg.train)
     export.set_weights(model.get_weights())
-    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent) as tmp:
-        path = Path(tmp) / final.name
+    with scratch_folder(final) as scratch:
+        path = scratch() / final.name
         export.save(path)
         os.replace(path, final)
 
