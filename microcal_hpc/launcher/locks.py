@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from microcal_hpc.atomic import process_alive
 from microcal_hpc.errors import MicrocalError, OutputError, os_reason
 
 RUN_DIR_LOCK = "launcher.lock"
@@ -41,13 +42,11 @@ def job_lock_path(run_dir: str | os.PathLike, key: str) -> Path:
 
 
 def pid_alive(pid: Any) -> bool:
-    """True when a process with this pid exists on this host."""
+    """True when process ``pid`` (a record's value: None or a string is no process) runs on this host
+    (:func:`microcal_hpc.atomic.process_alive`)."""
     try:
-        os.kill(int(pid), 0)
-        return True
-    except PermissionError:
-        return True
-    except (OSError, TypeError, ValueError):
+        return process_alive(int(pid))
+    except (TypeError, ValueError):
         return False
 
 
