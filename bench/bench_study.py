@@ -28,8 +28,10 @@ Printed and written to JSON (``bench/results/study.json``):
 
 - the ratio of wall times naive / main, per main mode and repeat;
 - every stage's wall time (first ``started`` to last ``ended`` of its jobs in ``RUN/jobs/*.json``)
-  and every job's ``elapsed_s``;
-- each CNN job's overhead: its ``elapsed_s`` minus the sum of its ``history.json`` ``epoch_seconds``;
+  and every job's wall time: ``process_s``, its process from start to end as the launcher saw it
+  (start-up, imports and exit included), or ``elapsed_s`` (from the job's first line to its last)
+  where the record has no ``process_s``;
+- each CNN job's overhead: that wall time minus the sum of its ``history.json`` ``epoch_seconds``;
 - the compute floor: the core-seconds of the work the study cannot skip, spread over all the
   machine's cores. That is, the sum over CNN jobs of (sum of epoch_seconds x the cores the job ran on)
   plus the sum over classifier fits (wavelet classifiers and baselines: ``fit_cpu_seconds`` of each
@@ -268,6 +270,12 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def job_wall(record: dict):
+    """A job's wall time: its process from start to end as the launcher saw it (``process_s``), else
+    ``elapsed_s`` (the job's own account, without the process's start-up and exit)."""
+    return record.get("process_s") or record.get("elapsed_s")
+
+
 def analyse_run(run: Path) -> dict:
     """Stage and job times, CNN overheads, the compute floor and every model's AUCs of one run directory."""
     from microcal_hpc.launcher.records import parse_time, read_records
@@ -277,12 +285,12 @@ def analyse_run(run: Path) -> dict:
     stages: dict[str, dict] = {}
     for rec in records.values():
         st = stages.setdefault(rec.get("stage", "?"), {"jobs": {}, "starts": [], "ends": []})
-        st["jobs"][rec.get("name", "?")] = rec.get("elapsed_s")
+        st["jobs"][rec.get("name", "?")] = job_wall(rec)
         if parse_time(rec.get("started")) and parse_time(rec.get("ended")):
             st["starts"].append(parse_time(rec["started"]))
             st["ends"].append(parse_time(rec["ended"]))
     stage_rows = {name: {"wall_s": (max(s["ends"]) - min(s["starts"])).total_seconds() if s["starts"] else None,
-                         "jobs_elapsed_s": s["jobs"]} for name, s in stages.items()}
+                         "jobs_wall_s": s["jobs"]} for name, s in stages.items()}
     cnn, floor_core_s, models = {}, 0.0, {}
     for rec in records.values():
         if rec.get("stage") != "cnn":
@@ -292,8 +300,9 @@ def analyse_run(run: Path) -> dict:
         m = _read_json(job / "metrics.json")
         cores = _cores(rec, machine)
         floor_core_s += sum(epochs) * cores
-        cnn[rec["name"]] = {"elapsed_s": rec.get("elapsed_s"), "epoch_seconds_sum": round(sum(epochs), 2),
-                            "overhead_s": round(rec["elapsed_s"] - sum(epochs), 2) if rec.get("elapsed_s") else None,
+        wall = job_wall(rec)
+        cnn[rec["name"]] = {"wall_s": wall, "elapsed_s": rec.get("elapsed_s"), "epoch_seconds_sum": round(sum(epochs), 2),
+                            "overhead_s": round(wall - sum(epochs), 2) if wall else None,
                             "cores": cores, "timing": m.get("timing")}
         models[f"cnn/{rec['name']}"] = {"test_auc": (m.get("test") or {}).get("auc"),
                                         "val_auc": (m.get("validation") or {}).get("auc")}
@@ -324,10 +333,10 @@ def summary_lines(naive: dict, main: dict, label: str) -> list[str]:
     lines.append(f"  floor = ({main['floor']['cnn_epoch_core_s']:.1f} CNN epoch core-s + "
                  f"{main['floor']['classifier_fit_cpu_s']:.1f} classifier fit CPU-s) / {main['floor']['cores']} cores")
     for name, st in sorted(main["stages"].items(), key=lambda kv: kv[0]):
-        jobs = ", ".join(f"{j} {e}" for j, e in sorted(st["jobs_elapsed_s"].items()))
+        jobs = ", ".join(f"{j} {e}" for j, e in sorted(st["jobs_wall_s"].items()))
         lines.append(f"  stage {name:<9} wall {st['wall_s'] if st['wall_s'] is not None else '?':>6} s   jobs: {jobs}")
     for name, c in sorted(main["cnn_jobs"].items()):
-        lines.append(f"  cnn/{name:<22} elapsed {c['elapsed_s']} s = epochs {c['epoch_seconds_sum']} s + overhead "
+        lines.append(f"  cnn/{name:<22} wall {c['wall_s']} s = epochs {c['epoch_seconds_sum']} s + overhead "
                      f"{c['overhead_s']} s ({c['cores']} cores)")
     lines.append(f"  median CNN overhead {main['cnn_overhead_median_s']} s (target <= 3 s)")
     return lines

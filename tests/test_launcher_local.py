@@ -6,6 +6,9 @@
   Ctrl-C (SIGINT to the launcher's process group, as a terminal sends it) stops every job, records
   them, exits 130 with one line; jobs die with a SIGKILLed launcher and an immediate rerun resumes.
 - A job stopped at its time limit is TIMEOUT.
+- Start order: of the ready jobs, those that need more cores start first.
+- The fork server: a CNN job forked from it (TensorFlow imported already) gives bit-identical
+  predictions to the same job in a fresh process; the server ends with a SIGKILLed launcher.
 - On the real data: a tiny campaign with one job made to fail (a file where its folder should be),
   then resumed; and the debug executor.
 """
@@ -22,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli_helpers import REPO, cli_env
@@ -250,6 +254,23 @@ def signal_when(condition, sig: int) -> threading.Thread:
 
 @needs_two_cores
 @pytest.mark.timeout(120)
+def test_of_the_ready_jobs_those_that_need_more_cores_start_first(tmp_path, repo_on_path, two_cores):
+    cfg = load_config(overrides=["campaign.poll_seconds=0.2"])
+    one_core = probe_specs(tmp_path, cfg, ["a", "b"], "0.5")
+    wide = probe_specs(tmp_path, cfg, ["wide"], "0.5")[0]
+    wide.resources = ResourceConfig(cpus_per_task=2)
+    out = io.StringIO()
+    states = local.run_local(cfg, Plan(run_dir=str(tmp_path)), [*one_core, wide], out=out)  # plan order: a, b, wide
+    assert states == dict.fromkeys(["a", "b", "wide"], "COMPLETED")
+    started = [line.split()[1] for line in out.getvalue().splitlines() if line.startswith("started ")]
+    assert started == ["probe/wide", "probe/a", "probe/b"], out.getvalue()
+    recs = records(tmp_path)
+    assert recs["wide"]["cpus"] == two_cores
+    assert min(interval(recs[k])[0] for k in ("a", "b")) >= interval(recs["wide"])[1]
+
+
+@needs_two_cores
+@pytest.mark.timeout(120)
 def test_sigterm_to_the_launcher_stops_its_jobs_and_cancels_the_rest(tmp_path, repo_on_path, two_cores):
     cfg = load_config(overrides=["campaign.poll_seconds=0.2"])
     specs = probe_specs(tmp_path, cfg, ["a", "b", "c"])  # 1 core each: a and b run, c waits
@@ -305,6 +326,47 @@ def test_a_closed_output_does_not_stop_the_campaign(tmp_path, repo_on_path):
     states = local.run_local(cfg, Plan(run_dir=str(tmp_path)), probe_specs(tmp_path, cfg, ["a", "b"], "0.1"),
                              out=ClosedAfterOneLine())
     assert states == {"a": "COMPLETED", "b": "COMPLETED"}
+
+
+# ----------------------------------------------------------------------------------------------
+# jobs forked from the fork server
+
+
+@needs_two_cores
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_cnn_job_forked_from_the_fork_server_computes_what_a_fresh_process_computes(packed_synthetic, tmp_path,
+                                                                                    repo_on_path, two_cores):
+    settings = ["train.epochs=2", "campaign.resources.train.cpus_per_task=1"]
+    states, recs, out, _ = run_here(tmp_path, packed_synthetic, settings, ["cnn-fold-0"], "forked")
+    assert states == {"cnn-fold-0": "COMPLETED"}, out
+    rec, forked = recs["cnn-fold-0"], tmp_path / "forked" / "cnn" / "fold-0"
+    assert "forked from its fork server" in Path(rec["log_err"]).read_text()
+    assert rec["cpus"] == [two_cores[0]] and rec["process_s"] >= rec["elapsed_s"]
+    assert json.loads((forked / "metrics.json").read_text())["timing"]["import"] < 0.5  # TensorFlow came imported
+    # the same job as a fresh process on the same core
+    fresh = subprocess.run([sys.executable, "-m", "jobs", "train", "--config", str(forked / "config.yaml"), "--data",
+                            str(packed_synthetic), "--run-dir", str(tmp_path / "fresh"), "--name", "fold-0", "--fold", "0"],
+                           env=job_env(), capture_output=True, text=True, timeout=240,
+                           preexec_fn=lambda: os.sched_setaffinity(0, [two_cores[0]]))
+    assert fresh.returncode == 0, fresh.stderr
+    a, b = np.load(forked / "predictions.npz"), np.load(tmp_path / "fresh" / "fold-0" / "predictions.npz")
+    for key in ("test_prob", "val_prob"):
+        assert len(a[key]) and np.array_equal(a[key], b[key]), key
+
+
+def _children(pid: int) -> dict[int, str]:
+    """{pid: command line} of the live child processes of ``pid``."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if entry.name.isdigit() and int(fields[1]) == pid and fields[0] not in "ZX":
+                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,9 +433,12 @@ def test_jobs_die_with_a_killed_launcher_and_an_immediate_rerun_resumes(make_tre
     try:
         wait_for(_training_started(run, ["official"]), 150, "the training job to save an epoch")
         job_pid = records(run)["cnn-official"]["pid"]
+        servers = [p for p, cmd in _children(launcher.pid).items() if "multiprocessing.forkserver" in cmd]
     finally:
         launcher.kill()  # SIGKILL: the launcher cannot clean up anything itself
         launcher.communicate()
+    assert len(servers) == 1  # the training job was forked from it, and it ends with the launcher
+    wait_for(lambda: not locks.pid_alive(servers[0]), 30, "the fork server to end")
     # at once, as a user would: the run directory is free, the job's earlier process is waited for
     cfg = load_config(overrides=settings)
     plan = build_plan(cfg, run)

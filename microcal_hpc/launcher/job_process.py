@@ -2,14 +2,17 @@
 
 The process runs ``python -m microcal_hpc.launcher.worker --job KEY`` (the spec arrives pickled on
 its stdin, so nothing is left on disk), with stdout/stderr appended to ``RUN/logs/local/KEY.out|.err``.
-It is started:
+A single-process job of a kind that declares modules to preload (``JobKind.preload``: TensorFlow for
+the CNN jobs) is forked instead from the launcher's fork server, which has imported them already
+(:mod:`~microcal_hpc.launcher.forkserver`; :func:`run_forked`), and is set up the same way. Either way it is:
 
-- pinned to the cores of its :class:`~microcal_hpc.launcher.cores.Allotment` (before Python starts,
-  so every library sees them), with ``CUDA_VISIBLE_DEVICES`` set to its GPUs (empty: none);
+- pinned to the cores of its :class:`~microcal_hpc.launcher.cores.Allotment` (before the job's code
+  runs, so every library sees them), with ``CUDA_VISIBLE_DEVICES`` set to its GPUs (empty: none);
 - in a session and process group of its own, so that a Ctrl-C in the terminal reaches only the
   launcher, which then stops the jobs in order;
 - with a parent-death signal (Linux ``PR_SET_PDEATHSIG``): when the launcher dies, even by SIGKILL,
-  the job gets SIGTERM and stops (the worker passes the signal on to its process group).
+  the job gets SIGTERM and stops (the worker passes the signal on to its process group). A forked
+  job's parent is the fork server, which ends with the launcher.
 
 :meth:`JobProcess.stop` sends SIGTERM to the job; :meth:`kill` sends SIGKILL to its whole process group.
 Inside the job, :func:`run_job` turns SIGTERM/SIGINT into an orderly stop: the signal is passed on to
@@ -29,10 +32,11 @@ import traceback
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
-from microcal_hpc.atomic import SignalReceived, signal_name
+from microcal_hpc.atomic import SignalReceived, process_alive, signal_name
 from microcal_hpc.errors import MicrocalError
-from microcal_hpc.launcher import records
+from microcal_hpc.launcher import forkserver, records
 from microcal_hpc.launcher.cores import Allotment
+from microcal_hpc.launcher.jobkinds import KINDS
 from microcal_hpc.launcher.plan import JobSpec
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -52,16 +56,22 @@ def _prctl() -> Optional[Callable[..., int]]:
         return None
 
 
+def _arm(cpus: tuple[int, ...], prctl: Optional[Callable[..., int]], parent_pid: int, launcher_pid: int) -> None:
+    """Pin this new job process to its cores and arm the death signal (SIGTERM when ``parent_pid``,
+    the launcher or the fork server, ends); end at once if the parent or the launcher is gone already."""
+    os.sched_setaffinity(0, cpus)
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid or (launcher_pid != parent_pid and not process_alive(launcher_pid)):
+        os._exit(128 + signal.SIGTERM)
+
+
 def _child_setup(cpus: tuple[int, ...], launcher_pid: int) -> Callable[[], None]:
-    """What the forked child does before it executes Python: pin itself, arm the death signal."""
+    """What the launcher's child does before it executes Python: :func:`_arm`."""
     prctl = _prctl()  # looked up here, in the launcher, not after the fork
 
     def setup() -> None:
-        os.sched_setaffinity(0, cpus)
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != launcher_pid:  # the launcher died before the signal was armed
-            os._exit(128 + signal.SIGTERM)
+        _arm(cpus, prctl, launcher_pid, launcher_pid)
 
     return setup
 
@@ -76,23 +86,49 @@ def job_environment(allotment: Allotment) -> dict[str, str]:
     return env
 
 
+def preloaded_modules(spec: JobSpec) -> tuple[str, ...]:
+    """The modules the fork server imports for ``spec`` (``JobKind.preload``, and the worker's); () when
+    the job runs as a fresh process (a kind without them, or several tasks: mpiexec starts those)."""
+    preload = KINDS[spec.kind].preload if spec.tasks == 1 else ()
+    return preload + ("microcal_hpc.launcher.worker",) if preload else ()
+
+
 class JobProcess:
-    """A running local job: its ``subprocess.Popen`` (pid = process group id) and its log files."""
+    """A running local job: its process (``subprocess.Popen``, or a :class:`~microcal_hpc.launcher.
+    forkserver.ForkedProcess`; pid = process group id) and its log files."""
 
     def __init__(self, spec: JobSpec, allotment: Allotment) -> None:
         self.spec = spec
         self.allotment = allotment
         self.out_path, self.err_path = log_paths(spec.run_dir, spec.key)
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
+        forked = bool(preloaded_modules(spec))
+        with open(self.err_path, "ab") as err:
             err.write(f"==== {records.now()} {spec.key}: started by launcher pid {os.getpid()} on "
-                      f"{allotment.describe()}\n".encode())
-            err.flush()
-            self.popen = subprocess.Popen(
-                [sys.executable, "-u", "-m", "microcal_hpc.launcher.worker", "--job", spec.key],
-                stdin=subprocess.PIPE, stdout=out, stderr=err, env=job_environment(allotment),
-                start_new_session=True, preexec_fn=_child_setup(allotment.cpus, os.getpid()))
-        self._send_spec(self.popen.stdin)
+                      f"{allotment.describe()}{' (forked from its fork server)' if forked else ''}\n".encode())
+        self.proc = self._fork() if forked else self._spawn()
+
+    def _fork(self) -> forkserver.ForkedProcess:
+        """The job forked from the fork server (:func:`run_forked` sets it up in the child)."""
+        spec = self.spec
+        return forkserver.ForkedProcess(
+            run_forked, (spec.key, pickle.dumps(spec), self.allotment.cpus, job_environment(self.allotment),
+                         os.getcwd(), str(self.out_path), str(self.err_path), os.getpid()), spec.key)
+
+    def _spawn(self) -> subprocess.Popen:
+        """The job as a fresh Python process (``python -m microcal_hpc.launcher.worker``), spec on stdin."""
+        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-u", "-m", "microcal_hpc.launcher.worker", "--job", self.spec.key],
+                stdin=subprocess.PIPE, stdout=out, stderr=err, env=job_environment(self.allotment),
+                start_new_session=True, preexec_fn=_child_setup(self.allotment.cpus, os.getpid()))
+        self._send_spec(proc.stdin)
+        return proc
+
+    @property
+    def sentinel(self) -> Optional[int]:
+        """A file descriptor readable once a forked job has ended (None: SIGCHLD tells the launcher)."""
+        return getattr(self.proc, "sentinel", None)
 
     def _send_spec(self, stdin: Optional[IO[bytes]]) -> None:
         assert stdin is not None
@@ -104,12 +140,12 @@ class JobProcess:
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.proc.pid
 
     def poll(self) -> Optional[int]:
         """The exit code (negative: killed by that signal), or None while it runs; once it has ended,
         whatever it left in its process group is killed."""
-        rc = self.popen.poll()
+        rc = self.proc.poll()
         if rc is not None:
             self._signal_group(signal.SIGKILL)
         return rc
@@ -117,8 +153,8 @@ class JobProcess:
     def stop(self) -> None:
         """Ask the job to stop (SIGTERM): it records INTERRUPTED, removes its temporary files and passes
         the signal on to its process group (mpiexec, worker pools)."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL to the job's whole process group."""
@@ -126,13 +162,13 @@ class JobProcess:
 
     def _signal_group(self, sig: int) -> None:
         try:
-            os.killpg(self.popen.pid, sig)
+            os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
 
 # ----------------------------------------------------------------------------------------------
-# inside the job process (python -m microcal_hpc.launcher.worker --job KEY)
+# inside the job process (python -m microcal_hpc.launcher.worker --job KEY, or forked: run_forked)
 
 
 class JobSignal(SignalReceived):
@@ -179,8 +215,8 @@ def _stop_on_signals() -> None:
         signal.signal(sig, handler)
 
 
-def run_job(key: str) -> int:
-    """A whole job started by the local executor (spec pickled on stdin); return the exit code.
+def run_job(key: str, spec_bytes: bytes) -> int:
+    """A whole job started by the local executor (its spec pickled); return the exit code.
 
     Expected failures and stop signals end with one line on stderr (the job's log); anything else
     with its traceback."""
@@ -188,7 +224,7 @@ def run_job(key: str) -> int:
     try:
         from microcal_hpc.launcher.worker import run_spec
 
-        run_spec(pickle.loads(sys.stdin.buffer.read()))
+        run_spec(pickle.loads(spec_bytes))
     except JobSignal as e:
         print(f"[microcal-hpc] {key}: {e}", file=sys.stderr, flush=True)
         return 128 + e.signum
@@ -199,3 +235,38 @@ def run_job(key: str) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def _redirect_output(out_path: str, err_path: str) -> None:
+    """stdout and stderr (the file descriptors, and Python's streams, unbuffered) to the job's logs."""
+    for fd, path in ((1, out_path), (2, err_path)):
+        log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log, fd)
+        os.close(log)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+
+def _size_thread_pools(cores: int) -> None:
+    """BLAS and OpenMP libraries the fork server loaded sized their thread pools to the server's cores:
+    give them the job's, as a fresh process pinned to its cores would (libraries loaded later look
+    at the cores themselves; TensorFlow does when the job runs its first operation)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=cores)
+
+
+def run_forked(key: str, spec_bytes: bytes, cpus: tuple[int, ...], env: dict[str, str], cwd: str, out_path: str,
+               err_path: str, launcher_pid: int) -> None:
+    """A whole job forked from the fork server: set up as the launcher sets up a fresh job process
+    (session, cores, death signal, logs, environment, working folder), then :func:`run_job`."""
+    server_pid = os.getppid()
+    os.setsid()
+    forkserver.leave_server()
+    _arm(cpus, _prctl(), server_pid, launcher_pid)
+    _size_thread_pools(len(cpus))
+    _redirect_output(out_path, err_path)
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.exit(run_job(key, spec_bytes))

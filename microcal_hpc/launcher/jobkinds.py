@@ -17,7 +17,9 @@ scripts (:mod:`microcal_hpc.launcher.sbatch`). A :class:`JobKind` says
   (:mod:`microcal_hpc.launcher.stale`);
 - where it reads and writes (``paths``: its arguments, its outputs, i.e. the files whose existence marks
   it complete, the paths it owns and its log file);
-- which report arm its model folders belong to (``arm``).
+- which report arm its model folders belong to (``arm``);
+- which modules it spends its start-up importing (``preload``): the local executor's fork server
+  imports them once and forks the kind's single-process jobs from it (:mod:`microcal_hpc.launcher.forkserver`).
 
 :func:`campaign_jobs` lists the jobs a config asks for (which kinds, names, arrays, per-job settings).
 """
@@ -102,7 +104,15 @@ class JobKind:
     after: tuple[str, ...] = ()
     arm: Optional[str] = None
     checkpointable: bool = False  # resumable (CNN training): requeued on preemption/time-out
+    preload: tuple[str, ...] = ()  # modules a local fork server imports for this kind's jobs
 
+
+# what the jobs of a kind spend their start-up importing (a fresh process: TensorFlow 2-3 s, matplotlib and
+# scikit-learn 0.5-1 s); the local executor's fork server imports it once (see JobKind.preload). Not for
+# the jobs that run joblib worker processes (classifiers, baselines): a forked job's exit waits for
+# those until their idle time-out (300 s), where a fresh process stops them at once
+CNN_PRELOAD = ("tensorflow", "sklearn.metrics", "sklearn.model_selection", "microcal_hpc.cnn.train")
+REPORT_PRELOAD = ("matplotlib.pyplot", "sklearn.metrics", "microcal_hpc.report.aggregate", "microcal_hpc.report.build")
 
 KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("pack", stage="pack", function="data_prep.pack:pack_job", resources="pack",
@@ -112,7 +122,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("train", stage="cnn", function="microcal_hpc.cnn.train:train_cnn", resources="train",
             command="train", flags=("--data", "--run-dir", "--name"),
             settings=("train", "data.packed"), recorded="config.yaml", paths=_train_paths,
-            after=("pack",), arm="cnn", checkpointable=True),
+            after=("pack",), arm="cnn", checkpointable=True, preload=CNN_PRELOAD),
     JobKind("wavelet-features", stage="wavelet", function="microcal_hpc.wavelet.features_job:features_job",
             resources="wavelet_features", command="wavelet-features", flags=("--data", "--out"),
             settings=("wavelet",), recorded="features file", paths=_features_paths,
@@ -128,7 +138,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("aggregate", stage="report", function="microcal_hpc.report.aggregate:aggregate_job", resources="aggregate",
             command="aggregate", flags=("--run-dir",),
             settings=("report",), recorded="run config", paths=_aggregate_paths,
-            after=("*",)),
+            after=("*",), preload=REPORT_PRELOAD),
 )}
 
 # Settings that change how fast a job runs, never what it computes: a change does not make a job stale.

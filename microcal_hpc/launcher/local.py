@@ -1,8 +1,13 @@
 """The executors that run a campaign on this machine and wait: ``local`` and ``debug``.
 
 ``local``: every job is a process of its own (:class:`~microcal_hpc.launcher.job_process.JobProcess`),
-started in dependency order as soon as the cores it declares are free (:mod:`~microcal_hpc.launcher.cores`),
-so independent jobs run at once when the cores allow; each job is pinned to its own cores.
+started as soon as its dependencies are done and the cores it declares are free
+(:mod:`~microcal_hpc.launcher.cores`), so independent jobs run at once when the cores allow; each job is
+pinned to its own cores. Of the jobs ready to start, those that need the most cores start first (then
+plan order): a job that needs every core starts while the machine is free, instead of waiting for a
+stream of one-core jobs to drain and leaving cores idle meanwhile. The jobs of a kind that preloads
+modules (the CNN jobs: TensorFlow) are forked from a fork server that imports them once, while the
+first jobs run (:mod:`~microcal_hpc.launcher.forkserver`).
 ``campaign.max_parallel`` caps the number of jobs at once (0: as many as the cores allow);
 ``campaign.serial`` (``submit --serial``) runs one job at a time, for debugging. A job is stopped at
 its ``time_min`` (state TIMEOUT; a rerun resumes training from its last epoch).
@@ -30,9 +35,9 @@ from typing import Optional, TextIO
 
 from microcal_hpc.config import Config
 from microcal_hpc.errors import MicrocalError
-from microcal_hpc.launcher import locks, records
+from microcal_hpc.launcher import forkserver, locks, records
 from microcal_hpc.launcher.cores import Allocator, Allotment, cpu_list_text
-from microcal_hpc.launcher.job_process import JobProcess
+from microcal_hpc.launcher.job_process import JobProcess, preloaded_modules
 from microcal_hpc.launcher.plan import JobSpec, Plan
 
 STOP_GRACE_S = 20.0  # a job told to stop gets this long to end before SIGKILL
@@ -107,11 +112,15 @@ class _Wakeup:
         """A second stop signal arrived (kill the jobs at once)."""
         return self.count > 1
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, fds: tuple[int, ...] = ()) -> None:
+        """Until a signal, a child's end, one of ``fds`` readable (forked jobs' sentinels) or ``timeout``."""
         if not self._active:
-            time.sleep(timeout)
+            if fds:
+                select.select(list(fds), [], [], timeout)
+            else:
+                time.sleep(timeout)
             return
-        if select.select([self._read], [], [], timeout)[0]:
+        if self._read in select.select([self._read, *fds], [], [], timeout)[0]:
             while True:
                 try:
                     if not os.read(self._read, 512):
@@ -164,6 +173,7 @@ class _LocalRun:
 
     def run(self) -> dict[str, str]:
         with _Wakeup() as self.wake:
+            forkserver.start(m for spec in self.todo for m in preloaded_modules(spec))
             self._wait_for_earlier_processes()
             self._register()
             try:
@@ -187,7 +197,8 @@ class _LocalRun:
             if self.pending and not self.running:  # cannot happen with a plan in dependency order
                 raise RuntimeError(f"local executor: nothing runs and {self.pending[0].key} cannot start")
             if self.running:
-                self.wake.wait(self.cfg.campaign.poll_seconds)
+                sentinels = (job.process.sentinel for job in self.running.values())
+                self.wake.wait(self.cfg.campaign.poll_seconds, tuple(s for s in sentinels if s is not None))
 
     # -- before the first job
 
@@ -219,9 +230,9 @@ class _LocalRun:
     # -- starting
 
     def _start_ready(self) -> None:
-        """Start every waiting job whose dependencies are done and whose cores are free, in plan order
-        (a later job that fits may start before an earlier one that does not)."""
-        for spec in list(self.pending):
+        """Start every waiting job whose dependencies are done and whose cores are free: those that need
+        the most cores first, then in plan order (a job that fits may start before one that does not)."""
+        for spec in sorted(self.pending, key=lambda s: -self.alloc.need(s.resources)[0]):
             if self.limit and len(self.running) >= self.limit:
                 return
             ready = deps_ready(spec, self.states)
@@ -265,8 +276,9 @@ class _LocalRun:
             self.alloc.give_back(job.process.allotment)
             state, error = self._outcome(job, rc)
             rec = records.read_record(self.run_dir, key)
-            if rec.get("state") != state or error != rec.get("error"):
-                records.update_record(self.run_dir, key, state=state, error=error, ended=rec.get("ended") or records.now())
+            # process_s: the job's process from start to end as the launcher saw it (start-up included)
+            records.update_record(self.run_dir, key, state=state, error=error, ended=rec.get("ended") or records.now(),
+                                  process_s=round(time.monotonic() - job.started, 1))
             note = "" if state == "COMPLETED" else f" (log: {job.process.err_path})"
             self._finish(job.spec, state, time.monotonic() - job.started, note)
 

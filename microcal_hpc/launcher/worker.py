@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 2 and argv[0] == "--job":
         from microcal_hpc.launcher.job_process import run_job
 
-        return run_job(argv[1])
+        return run_job(argv[1], sys.stdin.buffer.read())
     if len(argv) != 1 or argv[0].startswith("-"):
         print("usage: python -m microcal_hpc.launcher.worker (--job KEY < SPEC.pkl | SPEC.pkl)", file=sys.stderr)
         return 2
