@@ -8,6 +8,7 @@ curves dashed. ROC figures carry a zoomed inset of their top-left corner.
 """
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -33,17 +34,61 @@ CLASS_NAMES = {0: "normal (0)", 1: "cluster (1)"}
 PART_STYLE = {"train": "-", "validation": "--"}
 CNN_SHADES = ["#1f77b4", "#17becf", "#0b3d91", "#6baed6", "#08519c"]
 DPI = 110
+PAD = 0.1  # inches of white kept around the artists of a figure
+EDGE = 1.5 / 72  # inches: an artist closer to the canvas's border may be cut off (glyphs overshoot their boxes);
+# constrained layout keeps 3 points free
+PNG_COMPRESSION = 3  # zlib level: the default, 6, takes twice as long for files 7% smaller
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
                      "figure.constrained_layout.use": True})
 
 
 def _save(fig, path: str | os.PathLike) -> str:
+    """Draw ``fig`` once (constrained layout runs in that draw) and write it as PNG cut to its artists plus PAD inches:
+    the picture of matplotlib's tight bounding box without the second draw that box costs. When an artist comes to
+    the canvas's border (a title wider than the figure), matplotlib's tight bounding box saves the figure instead: it
+    grows the canvas, so rotated tick labels and long titles are never clipped."""
+    from PIL import Image
+
+    _skip_unseen_work(fig)
+    fig.set_dpi(DPI)
+    fig.canvas.draw()
+    pixels = _cropped(fig)
     with atomic_path(path, suffix=".png") as tmp:
-        # "tight" grows the canvas to every artist, so rotated tick labels and long titles are never clipped
-        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight", pad_inches=0.1)
+        if pixels is None:
+            fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight", pad_inches=PAD)
+        else:  # opaque white background: RGB, a quarter less to compress than RGBA
+            Image.fromarray(np.ascontiguousarray(pixels[..., :3])).save(tmp, format="png", dpi=(DPI, DPI),
+                                                                        compress_level=PNG_COMPRESSION)
     plt.close(fig)
     return str(path)
+
+
+def _skip_unseen_work(fig) -> None:
+    """Spare matplotlib work that changes no pixel of ``fig``: the layout measures each spine (an Axes' edge with its
+    tick marks, inside the box of the Axes and its tick labels) with a tick update of its own; and every tick update
+    runs the major locator again to trim minor ticks off the major ones, where there are no minor ticks."""
+    from matplotlib.ticker import NullLocator
+
+    for ax in fig.axes + [child for ax in fig.axes for child in ax.child_axes]:
+        for spine in ax.spines.values():
+            spine.set_in_layout(False)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.remove_overlapping_locs = not isinstance(axis.get_minor_locator(), NullLocator)
+
+
+def _cropped(fig) -> Optional[np.ndarray]:
+    """The drawn canvas of ``fig`` (RGBA rows, top first) cut to its artists plus PAD inches, or None when an
+    artist comes within EDGE of the canvas's border or reaches beyond it (it may be cut off)."""
+    box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches from the bottom left
+    width, height = fig.get_size_inches()
+    if min(box.x0, box.y0, width - box.x1, height - box.y1) < EDGE:
+        return None
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    rows, cols = rgba.shape[:2]
+    top, bottom = (height - box.y1 - PAD) * DPI, (height - box.y0 + PAD) * DPI
+    left, right = (box.x0 - PAD) * DPI, (box.x1 + PAD) * DPI
+    return rgba[max(0, int(top)):min(rows, math.ceil(bottom)), max(0, int(left)):min(cols, math.ceil(right))]
 
 
 def wavelet_colour(s: ModelSummary) -> str:
@@ -140,8 +185,7 @@ def roc_single(curves: Sequence[tuple[str, Predictions, str, str]], path: str | 
     curves = [c for c in curves if c[1] is not None and len(np.unique(c[1].labels)) == 2]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6.2, 7.4))
-    zoom = _zoom_axes(ax)
+    fig, ax, zoom = _roc_figure(7.4)
     for label, p, colour, style in curves:
         fpr, tpr, _ = roc_curve(p.labels, p.prob)
         for a in (ax, zoom):
@@ -152,6 +196,13 @@ def roc_single(curves: Sequence[tuple[str, Predictions, str, str]], path: str | 
 
 
 ZOOM = (0.0, 0.25, 0.75, 1.0)  # false positive rate 0-0.25, true positive rate 0.75-1: the top-left corner
+
+
+def _roc_figure(height: float):
+    """A 6.2 x ``height`` inch figure, its Axes and the Axes' zoom inset. Its layout is "compressed", constrained
+    layout for an Axes of fixed aspect: plain constrained layout left the title on the canvas's top edge."""
+    fig, ax = plt.subplots(figsize=(6.2, height), layout="compressed")
+    return fig, ax, _zoom_axes(ax)
 
 
 def _zoom_axes(ax):
@@ -205,8 +256,7 @@ def roc_cv(groups: Sequence[tuple[str, dict[int, Predictions], str, str]], path:
     if not groups:
         return None
     grid = np.linspace(0, 1, 401)
-    fig, ax = plt.subplots(figsize=(6.2, 7.6))
-    zoom = _zoom_axes(ax)
+    fig, ax, zoom = _roc_figure(7.6)
     for label, folds, colour, style in groups:
         mean, std, aucs = mean_roc(folds, grid)
         sd = np.std(aucs, ddof=1) if len(aucs) > 1 else 0.0
@@ -255,31 +305,62 @@ def data_partition(D: DataSummary, path: str | os.PathLike) -> str:
     return _save(fig, path)
 
 
+TILE_MARGIN = 0.05  # inches
+
+
+def _tile_figure(width: float, height: float):
+    """A ``width`` x ``height`` inch figure and one invisible Axes whose data coordinates are inches from the figure's
+    top left: the patch figures place every tile, frame and label on it themselves (one Axes for all the patches and
+    no layout engine, where an Axes per patch made them the slowest figures to draw). The Axes leaves a margin of
+    TILE_MARGIN at the figure's border, where nothing is placed."""
+    fig = plt.figure(figsize=(width, height), layout="none")
+    m = TILE_MARGIN
+    ax = fig.add_axes((m / width, m / height, 1 - 2 * m / width, 1 - 2 * m / height))
+    ax.set_axis_off()
+    ax.set_xlim(m, width - m)
+    ax.set_ylim(height - m, m)
+    return fig, ax
+
+
+def _tile(ax, x: float, y: float, size: float, image: np.ndarray, colour: str,
+          overlay: Optional[np.ndarray] = None) -> None:
+    """``image`` (grey levels 0-255) as a ``size``-inch square with its top left at (``x``, ``y``), framed in
+    ``colour``; ``overlay`` (0-1), when given, laid over it in the jet colour map at 45% opacity.
+
+    The tile is drawn as one RGB image, coloured here: half the cost of a grey-level image and a map over it."""
+    from matplotlib.patches import Rectangle
+
+    rgb = np.repeat(np.clip(np.asarray(image, dtype=float), 0, 255)[..., None], 3, axis=2)
+    if overlay is not None:
+        rgb = 0.55 * rgb + 0.45 * 255 * plt.get_cmap("jet")(overlay)[..., :3]
+    ax.imshow(rgb.astype(np.uint8), extent=(x, x + size, y + size, y), aspect="auto")
+    ax.add_patch(Rectangle((x, y), size, size, fill=False, edgecolor=colour, lw=2.5))
+
+
+def _row_label(ax, x: float, y: float, text: str, **kw) -> None:
+    """A row's name written upwards, ending at ``x`` and centred on ``y`` (inches)."""
+    ax.text(x, y, text, rotation=90, ha="right", va="center", **kw)
+
+
 def patch_grid(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int, path: str | os.PathLike,
                title: str = "Random Train patches") -> Optional[str]:
     """Two rows of random patches per class (seeded), class 0 above class 1."""
     if images is None or len(images) == 0:
         return None
     rng = np.random.default_rng(seed)
-    rows_per_class = 2
-    fig, axes = plt.subplots(2 * rows_per_class, per_class, figsize=(1.3 * per_class, 1.45 * 2 * rows_per_class + 0.4),
-                             squeeze=False)
+    rows_per_class, tile, left, top = 2, 1.2, 0.4, 0.45  # inches
+    pitch, row_pitch = tile + 0.1, tile + 0.25
+    fig, ax = _tile_figure(left + per_class * pitch, top + 2 * rows_per_class * row_pitch)
     for ci, lab in enumerate((0, 1)):
         idx = np.flatnonzero(labels == lab)
         pick = rng.choice(idx, size=min(len(idx), per_class * rows_per_class), replace=False) if len(idx) else []
-        for j in range(per_class * rows_per_class):
-            ax = axes[ci * rows_per_class + j // per_class, j % per_class]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < len(pick):
-                ax.imshow(images[pick[j]], cmap="gray", vmin=0, vmax=255)
-                for sp in ax.spines.values():
-                    sp.set_color(CLASS_COLOURS[lab])
-                    sp.set_linewidth(2.5)
-            else:
-                ax.axis("off")
-        axes[ci * rows_per_class, 0].set_ylabel(CLASS_NAMES[lab], color=CLASS_COLOURS[lab], fontsize=10)
-    fig.suptitle(f"{title}: top rows {CLASS_NAMES[0]}, bottom rows {CLASS_NAMES[1]} (grey levels 0–255)")
+        y0 = top + ci * rows_per_class * row_pitch
+        for j, i in enumerate(pick):
+            _tile(ax, left + (j % per_class) * pitch, y0 + (j // per_class) * row_pitch, tile, images[i],
+                  CLASS_COLOURS[lab])
+        _row_label(ax, left - 0.1, y0 + tile / 2, CLASS_NAMES[lab], color=CLASS_COLOURS[lab], fontsize=10)
+    ax.text(fig.get_figwidth() / 2, top / 2, f"{title}: top rows {CLASS_NAMES[0]}, bottom rows {CLASS_NAMES[1]} "
+            "(grey levels 0–255)", ha="center", va="center", fontsize="large")
     return _save(fig, path)
 
 
@@ -288,17 +369,9 @@ def _short_id(image_id: str) -> str:
     return Path(image_id).stem
 
 
-def gallery(images_by_id: dict[str, np.ndarray], test: Predictions, threshold: float, per_row: int, seed: int,
-            path: str | os.PathLike, model_label: str = "CNN",
-            saliency: Optional[dict[str, np.ndarray]] = None) -> Optional[str]:
-    """Correctly and incorrectly classified Test patches with their ids and scores, and, when ``saliency``
-    maps are given (id -> H x W), each patch again with its map laid over it.
-
-    Rows: correct normal (random), correct cluster (random), false positives and false negatives
-    (the most confident mistakes first); a category with no patch is left out, and so is a row's tail.
-    """
-    if test is None or not images_by_id:
-        return None
+def _gallery_categories(test: Predictions, threshold: float, per_row: int, seed: int,
+                        images_by_id: dict[str, np.ndarray]) -> list[tuple[str, list[int]]]:
+    """The gallery's rows of patches (indices into ``test``) with their titles, those without an image left out."""
     pred = (test.prob >= threshold).astype(int)
     y = test.labels
     rng = np.random.default_rng(seed)
@@ -313,37 +386,54 @@ def gallery(images_by_id: dict[str, np.ndarray], test: Predictions, threshold: f
             (f"False positives ({len(fp)})", fp[np.argsort(-test.prob[fp])][:per_row]),
             (f"False negatives ({len(fn)})", fn[np.argsort(test.prob[fn])][:per_row])]
     cats = [(t, [i for i in idx if test.ids[i] in images_by_id]) for t, idx in cats]
-    cats = [(t, idx) for t, idx in cats if idx]
+    return [(t, idx) for t, idx in cats if idx]
+
+
+def _gallery_tile(ax, x: float, y: float, size: float, image: np.ndarray, label: int, kind: str,
+                  smap: Optional[np.ndarray], caption: str) -> None:
+    """One gallery tile with its top left at (``x``, ``y``) inches, framed in the colour of its true class: the patch
+    with ``caption`` above it (``kind`` "patch"), or the patch under its saliency map (``kind`` "saliency"; "no map"
+    written on it when ``smap`` is None)."""
+    overlay = smap / max(float(smap.max()), 1e-12) if kind == "saliency" and smap is not None else None
+    _tile(ax, x, y, size, image, CLASS_COLOURS[label], overlay)
+    if kind == "patch":
+        ax.text(x + size / 2, y - 0.05, caption, ha="center", va="bottom", fontsize=6.5)
+    elif overlay is None:
+        ax.text(x + size / 2, y + size / 2, "no map", ha="center", va="center", color="white")
+
+
+def gallery(images_by_id: dict[str, np.ndarray], test: Predictions, threshold: float, per_row: int, seed: int,
+            path: str | os.PathLike, model_label: str = "CNN",
+            saliency: Optional[dict[str, np.ndarray]] = None) -> Optional[str]:
+    """Correctly and incorrectly classified Test patches with their ids and scores, and, when ``saliency``
+    maps are given (id -> H x W), each patch again with its map laid over it.
+
+    Rows: correct normal (random), correct cluster (random), false positives and false negatives
+    (the most confident mistakes first); a category with no patch is left out, and so is a row's tail.
+    """
+    if test is None or not images_by_id:
+        return None
+    cats = _gallery_categories(test, threshold, per_row, seed, images_by_id)
     if not cats:
         return None
+    y = test.labels
     with_maps = saliency is not None
     rows = [(t, idx, kind) for t, idx in cats for kind in (("patch", "saliency") if with_maps else ("patch",))]
-    ncol = max(len(idx) for _, idx in cats)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.5 * ncol + 1.3, 1.8 * len(rows) + 0.6), squeeze=False)
-    for r, (title, idx, kind) in enumerate(rows):
-        for j in range(ncol):
-            ax = axes[r, j]
-            if j >= len(idx):
-                ax.axis("off")
-                continue
-            i = idx[j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(images_by_id[test.ids[i]], cmap="gray", vmin=0, vmax=255)
-            smap = saliency.get(test.ids[i]) if with_maps else None
-            if kind == "saliency" and smap is not None:
-                ax.imshow(smap / max(float(smap.max()), 1e-12), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            elif kind == "saliency":
-                ax.text(0.5, 0.5, "no map", ha="center", va="center", transform=ax.transAxes, color="white")
-            if kind == "patch":
-                ax.set_title(f"{_short_id(test.ids[i])}\np = {test.prob[i]:.2f}", fontsize=6.5)
-            for sp in ax.spines.values():
-                sp.set_color(CLASS_COLOURS[int(y[i])])
-                sp.set_linewidth(2.5)
-        axes[r, 0].set_ylabel(title if kind == "patch" else "saliency", fontsize=8.5)
-    fig.suptitle(f"{model_label} on the official Test set: id and score p = P(cluster), threshold {threshold:g}; "
-                 "frame colour = true class (green normal, red cluster)"
-                 + ("; below each row: its saliency map (red = most important)" if with_maps else ""), fontsize=9.5)
+    tile, pitch, left, top = 1.55, 1.65, 0.4, 0.35  # inches
+    gaps = [0.35 if kind == "patch" else 0.1 for _, _, kind in rows]  # above a patch row: its tiles' captions
+    tops = top + np.cumsum(gaps) + tile * np.arange(len(rows))
+    fig, ax = _tile_figure(left + pitch * max(len(idx) for _, idx in cats), tops[-1] + tile + 0.1)
+    for (title, idx, kind), row_top in zip(rows, tops):
+        for j, i in enumerate(idx):
+            image_id = test.ids[i]
+            _gallery_tile(ax, left + j * pitch, row_top, tile, images_by_id[image_id], int(y[i]), kind,
+                          saliency.get(image_id) if with_maps else None,
+                          f"{_short_id(image_id)}\np = {test.prob[i]:.2f}")
+        _row_label(ax, left - 0.1, row_top + tile / 2, title if kind == "patch" else "saliency", fontsize=8.5)
+    ax.text(fig.get_figwidth() / 2, top / 2, f"{model_label} on the official Test set: id and score p = P(cluster), "
+            f"threshold {threshold:g}; frame colour = true class (green normal, red cluster)"
+            + ("; below each row: its saliency map (red = most important)" if with_maps else ""),
+            ha="center", va="center", fontsize=9.5)
     return _save(fig, path)
 
 
@@ -356,30 +446,39 @@ def _once(ax, label: str) -> Optional[str]:
     return None if label in ax.get_legend_handles_labels()[1] else label
 
 
+def _bar_group(ax, group: list[tuple[float, ModelSummary]], width: float, colour: str, auc: dict[str, dict],
+               best: Optional[str]) -> None:
+    """One feature set's bars at the x positions of ``group`` ((x, model) pairs) in one call: CV AUC mean ± std from
+    ``auc`` (run name -> mean, std), a black frame on the ``best`` run, a diamond at each official-Test AUC."""
+    ax.bar([xi for xi, _ in group], [auc[s.run.name]["mean"] for _, s in group], width,
+           yerr=[auc[s.run.name]["std"] for _, s in group], capsize=3, color=colour, lw=1.5,
+           edgecolor=["black" if s.run.name == best else "none" for _, s in group])
+    tested = [(xi, s.test["auc"]) for xi, s in group if s.test]
+    if tested:
+        ax.plot(*zip(*tested), "D", color="black", ms=5, label=_once(ax, "official Test AUC"))
+
+
 def wavelet_bars(S: Summaries, path: str | os.PathLike) -> Optional[str]:
     """CV AUC (mean ± std, bars) and official-Test AUC (diamonds) of every wavelet classifier, per feature set,
     with the CNN and the baselines as reference lines; the y-axis spans where the values are."""
     items = [s for s in S.wavelet.values() if "auc" in s.cv]
     if not items:
         return None
-    models = sorted({s.run.model for s in items}, key=lambda m: -max(s.cv["auc"]["mean"] for s in items if s.run.model == m))
+    auc = {s.run.name: s.cv["auc"] for s in items}  # mean and std over the folds, summarised once
+    models = sorted({s.run.model for s in items},
+                    key=lambda m: -max(auc[s.run.name]["mean"] for s in items if s.run.model == m))
     fsets = sorted({s.run.feature_set for s in items})
+    first: dict[tuple, ModelSummary] = {}
+    for s in items:
+        first.setdefault((s.run.model, s.run.feature_set), s)
     x = np.arange(len(models))
     w = 0.8 / len(fsets)
     fig, ax = plt.subplots(figsize=(max(7.5, 1.05 * len(models) + 5.5), 4.6))
     for i, fs in enumerate(fsets):
-        for j, m in enumerate(models):
-            s = next((s for s in items if s.run.model == m and s.run.feature_set == fs), None)
-            if s is None:
-                continue
-            xi = x[j] + (i - (len(fsets) - 1) / 2) * w
-            ax.bar(xi, s.cv["auc"]["mean"], w * 0.92, yerr=s.cv["auc"]["std"], capsize=3,
-                   color=FEATURE_COLOURS.get(fs, ARM_COLOURS["wavelet"]), edgecolor="black" if s.run.name == S.best_wavelet else "none",
-                   lw=1.5)
-            if s.test:
-                ax.plot(xi, s.test["auc"], "D", color="black", ms=5,
-                        label=_once(ax, "official Test AUC"))
-    levels = [s.cv["auc"]["mean"] - s.cv["auc"]["std"] for s in items] + [s.test["auc"] for s in items if s.test]
+        offset = (i - (len(fsets) - 1) / 2) * w
+        _bar_group(ax, [(x[j] + offset, first[m, fs]) for j, m in enumerate(models) if (m, fs) in first], w * 0.92,
+                   FEATURE_COLOURS.get(fs, ARM_COLOURS["wavelet"]), auc, S.best_wavelet)
+    levels = [a["mean"] - a["std"] for a in auc.values()] + [s.test["auc"] for s in items if s.test]
     cnn_auc = S.cnn_cv_auc()
     if cnn_auc:
         ax.axhline(cnn_auc["mean"], color=ARM_COLOURS["cnn"], ls="--", lw=1.5,
