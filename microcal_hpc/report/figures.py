@@ -37,6 +37,7 @@ DPI = 110
 PAD = 0.1  # inches of white kept around the artists of a figure
 EDGE = 1.5 / 72  # inches: an artist closer to the canvas's border may be cut off (glyphs overshoot their boxes);
 # constrained layout keeps 3 points free
+TILE_MARGIN = 0.05  # inches: the figures of tiles keep it free at their border
 PNG_COMPRESSION = 3  # zlib level: the default, 6, takes twice as long for files 7% smaller
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
@@ -45,9 +46,9 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10
 
 def _save(fig, path: str | os.PathLike) -> str:
     """Draw ``fig`` once (constrained layout runs in that draw) and write it as PNG cut to its artists plus PAD inches:
-    the picture of matplotlib's tight bounding box without the second draw that box costs. When an artist comes to
-    the canvas's border (a title wider than the figure), matplotlib's tight bounding box saves the figure instead: it
-    grows the canvas, so rotated tick labels and long titles are never clipped."""
+    the picture of matplotlib's tight bounding box without the second draw that box costs. When an artist comes within
+    EDGE of the canvas's border or beyond (a title wider than the figure), matplotlib's tight bounding box saves the
+    figure instead: it grows the canvas, so rotated tick labels and long titles are never clipped."""
     from PIL import Image
 
     _skip_unseen_work(fig)
@@ -65,9 +66,9 @@ def _save(fig, path: str | os.PathLike) -> str:
 
 
 def _skip_unseen_work(fig) -> None:
-    """Spare matplotlib work that changes no pixel of ``fig``: the layout measures each spine (an Axes' edge with its
-    tick marks, inside the box of the Axes and its tick labels) with a tick update of its own; and every tick update
-    runs the major locator again to trim minor ticks off the major ones, where there are no minor ticks."""
+    """Spare matplotlib work that changes no pixel of ``fig``. Spines leave the layout: a spine (an Axes' edge with its
+    tick marks) lies inside the box of its Axes and tick labels, and measuring it costs a tick update. Axes without
+    minor ticks skip trimming minor ticks off the major ones, which runs the major locator again at every update."""
     from matplotlib.ticker import NullLocator
 
     for ax in fig.axes + [child for ax in fig.axes for child in ax.child_axes]:
@@ -89,6 +90,25 @@ def _cropped(fig) -> Optional[np.ndarray]:
     top, bottom = (height - box.y1 - PAD) * DPI, (height - box.y0 + PAD) * DPI
     left, right = (box.x0 - PAD) * DPI, (box.x1 + PAD) * DPI
     return rgba[max(0, int(top)):min(rows, math.ceil(bottom)), max(0, int(left)):min(cols, math.ceil(right))]
+
+
+def _tile_figure(width: float, height: float):
+    """A ``width`` x ``height`` inch figure and one invisible Axes whose data coordinates are inches from the figure's
+    top left: the patch and confusion-matrix figures place every tile, frame and label on it themselves (one Axes for
+    all the tiles and no layout engine, where an Axes per tile made them the slowest figures to draw). The Axes leaves
+    a margin of TILE_MARGIN at the figure's border, where nothing is placed."""
+    fig = plt.figure(figsize=(width, height), layout="none")
+    m = TILE_MARGIN
+    ax = fig.add_axes((m / width, m / height, 1 - 2 * m / width, 1 - 2 * m / height))
+    ax.set_axis_off()
+    ax.set_xlim(m, width - m)
+    ax.set_ylim(height - m, m)
+    return fig, ax
+
+
+def _row_label(ax, x: float, y: float, text: str, **kw) -> None:
+    """``text`` (a row's or an axis' name) written upwards, ending at ``x`` and centred on ``y`` (inches)."""
+    ax.text(x, y, text, rotation=90, ha="right", va="center", **kw)
 
 
 def wavelet_colour(s: ModelSummary) -> str:
@@ -152,30 +172,41 @@ def learning_curves(S: Summaries, path: str | os.PathLike) -> Optional[str]:
 
 
 def confusion_matrices(models: Sequence[ModelSummary], path: str | os.PathLike) -> Optional[str]:
-    """Official-Test confusion matrix of each model (counts and row percentages)."""
-    from sklearn.metrics import ConfusionMatrixDisplay
-
+    """Official-Test confusion matrix of each model (counts and row percentages), four to a row."""
     models = [m for m in models if m.test]
     if not models:
         return None
+    titles = [f"{textwrap.fill(m.label, 34)}\nTest n={m.test['n']}, threshold {m.threshold:g}" for m in models]
     ncol = min(4, len(models))
-    nrow = (len(models) + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.3 * nrow), squeeze=False)
-    for ax in axes.ravel()[len(models):]:
-        ax.axis("off")
-    for ax, m in zip(axes.ravel(), models):
-        t = m.test
-        cm = np.array([[t["tn"], t["fp"]], [t["fn"], t["tp"]]])
-        ConfusionMatrixDisplay(cm, display_labels=["normal", "cluster"]).plot(ax=ax, cmap="Blues", colorbar=False,
-                                                                               values_format="d")
-        for (i, j), txt in zip(np.ndindex(2, 2), ax.texts):
-            pct = 100 * cm[i, j] / max(cm[i].sum(), 1)
-            txt.set_text(f"{cm[i, j]}\n({pct:.0f}%)")
-        title = textwrap.fill(m.label, 34)
-        ax.set_title(f"{title}\nTest n={t['n']}, threshold {m.threshold:g}", fontsize=9)
-        ax.set_xlabel("Predicted")
-        ax.set_ylabel("True")
+    side, left, top, bottom = 2.2, 0.95, 0.2 + 0.16 * max(t.count("\n") + 1 for t in titles), 0.55  # inches
+    width, height = left + side + 0.25, top + side + bottom  # of one panel
+    fig, ax = _tile_figure(ncol * width, (len(models) + ncol - 1) // ncol * height)
+    for k, (m, title) in enumerate(zip(models, titles)):
+        x, y = k % ncol * width + left, k // ncol * height + top
+        _confusion_tile(ax, x, y, side, m.test)
+        ax.text(x + side / 2, y - 0.08, title, ha="center", va="bottom", fontsize=9)
     return _save(fig, path)
+
+
+def _confusion_tile(ax, x: float, y: float, size: float, t: dict) -> None:
+    """The confusion matrix of Test metrics ``t`` as a ``size``-inch square with its top left at (``x``, ``y``), as
+    scikit-learn's ConfusionMatrixDisplay draws it: cells shaded (Blues) by count, each with its count and its share
+    of the true class, the class names along the left (true) and below (predicted)."""
+    from matplotlib.patches import Rectangle
+
+    cm = np.array([[t["tn"], t["fp"]], [t["fn"], t["tp"]]])
+    cmap = plt.get_cmap("Blues")
+    ax.imshow(cm, cmap=cmap, interpolation="nearest", extent=(x, x + size, y + size, y), aspect="auto")
+    ax.add_patch(Rectangle((x, y), size, size, fill=False, edgecolor="black", lw=0.8))
+    cell, middle = size / 2, (cm.max() + cm.min()) / 2
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(x + (j + 0.5) * cell, y + (i + 0.5) * cell, f"{n}\n({100 * n / max(cm[i].sum(), 1):.0f}%)",
+                ha="center", va="center", color=cmap(1.0) if n < middle else cmap(0.0))
+    for k, name in enumerate(("normal", "cluster")):
+        ax.text(x + (k + 0.5) * cell, y + size + 0.08, name, ha="center", va="top")
+        ax.text(x - 0.08, y + (k + 0.5) * cell, name, ha="right", va="center")
+    ax.text(x + cell, y + size + 0.3, "Predicted", ha="center", va="top")
+    _row_label(ax, x - 0.62, y + cell, "True")
 
 
 def roc_single(curves: Sequence[tuple[str, Predictions, str, str]], path: str | os.PathLike) -> Optional[str]:
@@ -305,23 +336,6 @@ def data_partition(D: DataSummary, path: str | os.PathLike) -> str:
     return _save(fig, path)
 
 
-TILE_MARGIN = 0.05  # inches
-
-
-def _tile_figure(width: float, height: float):
-    """A ``width`` x ``height`` inch figure and one invisible Axes whose data coordinates are inches from the figure's
-    top left: the patch figures place every tile, frame and label on it themselves (one Axes for all the patches and
-    no layout engine, where an Axes per patch made them the slowest figures to draw). The Axes leaves a margin of
-    TILE_MARGIN at the figure's border, where nothing is placed."""
-    fig = plt.figure(figsize=(width, height), layout="none")
-    m = TILE_MARGIN
-    ax = fig.add_axes((m / width, m / height, 1 - 2 * m / width, 1 - 2 * m / height))
-    ax.set_axis_off()
-    ax.set_xlim(m, width - m)
-    ax.set_ylim(height - m, m)
-    return fig, ax
-
-
 def _tile(ax, x: float, y: float, size: float, image: np.ndarray, colour: str,
           overlay: Optional[np.ndarray] = None) -> None:
     """``image`` (grey levels 0-255) as a ``size``-inch square with its top left at (``x``, ``y``), framed in
@@ -335,11 +349,6 @@ def _tile(ax, x: float, y: float, size: float, image: np.ndarray, colour: str,
         rgb = 0.55 * rgb + 0.45 * 255 * plt.get_cmap("jet")(overlay)[..., :3]
     ax.imshow(rgb.astype(np.uint8), extent=(x, x + size, y + size, y), aspect="auto")
     ax.add_patch(Rectangle((x, y), size, size, fill=False, edgecolor=colour, lw=2.5))
-
-
-def _row_label(ax, x: float, y: float, text: str, **kw) -> None:
-    """A row's name written upwards, ending at ``x`` and centred on ``y`` (inches)."""
-    ax.text(x, y, text, rotation=90, ha="right", va="center", **kw)
 
 
 def patch_grid(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int, path: str | os.PathLike,
