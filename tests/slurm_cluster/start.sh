@@ -55,10 +55,13 @@ MEM_MB="${SLURM_CLUSTER_MEM_MB:-$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}
 CLUSTER="microcal"
 ACCOUNT="microcal"; QOS="microcal"
 
-# Private ports: four consecutive free ones from a random base (bash /dev/tcp probes listeners).
+# Private ports: four consecutive free ones from a random base (bash /dev/tcp probes listeners), below
+# the kernel's ephemeral range, where an outgoing connection (slurmdbd to MariaDB ...) may take a port
+# between the probe and the daemon's bind ("Address already in use").
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 for _ in $(seq 50); do
-  BASE=$(( 20000 + (RANDOM * 7) % 30000 ))
+  BASE=$(( 10000 + (RANDOM * 7) % (EPHEMERAL_LOW - 10004) ))
   if port_free "$BASE" && port_free $((BASE + 1)) && port_free $((BASE + 2)) && port_free $((BASE + 3)); then
     break
   fi
