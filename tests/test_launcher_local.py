@@ -287,8 +287,17 @@ def test_sigterm_to_the_launcher_stops_its_jobs_and_cancels_the_rest(tmp_path, r
     assert (tmp_path / "logs" / "local" / "a.err").read_text().splitlines()[-1] == "[microcal-hpc] a: stopped by SIGTERM"
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in this process, as in a terminal: Python leaves SIGINT ignored
+    when it was started with it ignored (a background job of a non-interactive shell: `cmd &`)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.timeout(120)
-def test_ctrl_c_in_the_debug_executor_records_the_job_and_cancels_the_rest(tmp_path, repo_on_path):
+def test_ctrl_c_in_the_debug_executor_records_the_job_and_cancels_the_rest(tmp_path, repo_on_path, ctrl_c_raises):
     cfg = load_config()
     specs = probe_specs(tmp_path, cfg, ["a", "b"])
     signal_when(lambda: records(tmp_path).get("a", {}).get("state") == "RUNNING", signal.SIGINT)
