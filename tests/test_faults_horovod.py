@@ -108,7 +108,7 @@ def signal_one_rank(mode: str, rank: int, signum: int, packed: Path, tmp_path: P
         seconds, err = signal_and_wait(proc, ranks[rank], signum)
     finally:
         stop(proc)
-    assert seconds < STOP_SECONDS and gone(ranks.values()), f"{seconds:.0f} s\n{err[-3000:]}"
+    assert seconds < STOP_SECONDS and gone(ranks.values(), STOP_SECONDS - seconds), f"{seconds:.0f} s\n{err[-3000:]}"
     assert proc.returncode != 0
     return err
 
