@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import REPO, cli_env
+from test_faults_mpi import children
 from microcal_hpc.config import ResourceConfig, load_config
 from microcal_hpc.launcher import local, locks
 from microcal_hpc.launcher.plan import JobSpec, Plan, build_plan
@@ -364,20 +365,6 @@ def test_a_cnn_job_forked_from_the_fork_server_computes_what_a_fresh_process_com
         assert len(a[key]) and np.array_equal(a[key], b[key]), key
 
 
-def _children(pid: int) -> dict[int, str]:
-    """{pid: command line} of the live child processes of ``pid``."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if entry.name.isdigit() and int(fields[1]) == pid and fields[0] not in "ZX":
-                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # ownership and signals
 
@@ -442,7 +429,8 @@ def test_jobs_die_with_a_killed_launcher_and_an_immediate_rerun_resumes(make_tre
     try:
         wait_for(_training_started(run, ["official"]), 150, "the training job to save an epoch")
         job_pid = records(run)["cnn-official"]["pid"]
-        servers = [p for p, cmd in _children(launcher.pid).items() if "multiprocessing.forkserver" in cmd]
+        servers = [p for p in children(launcher.pid)
+                   if b"multiprocessing.forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
     finally:
         launcher.kill()  # SIGKILL: the launcher cannot clean up anything itself
         launcher.communicate()
