@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,11 +237,11 @@ def _submit_planned(cfg: Config, run: str, plan: Plan, executor: str, out: TextI
     _supersede_stale(plan, found, say)
     records.write_manifest(run, plan.config, executor, [s.key for s in todo])
     if stale_report:
-        try:
-            subprocess.check_call(["scancel", stale_report])
+        failure = executors.scancel([stale_report])
+        if failure:
+            say(f"warning: could not cancel the queued report job {stale_report}: {failure}")
+        else:
             say(f"cancelled the queued report job {stale_report}: a new one waits for the jobs submitted now")
-        except (OSError, subprocess.CalledProcessError) as e:
-            say(f"warning: could not cancel the queued report job {stale_report}: {e}")
     if executor == "slurm":
         executors.submit_slurm(cfg, plan, todo, active, out=out)
         say(f"{len(todo)} jobs submitted; follow them with: microcal-hpc status --run-dir {run}")

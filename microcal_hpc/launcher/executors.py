@@ -185,15 +185,21 @@ def _remove_template_folder(folder: Path) -> None:
         pass
 
 
-def _cancel_submitted(run_dir: str, submitted: dict[str, str], why: str) -> None:
-    """All or nothing: scancel the jobs of a campaign submission that could not be completed."""
+def scancel(job_ids: list[str]) -> Optional[str]:
+    """``scancel`` the SLURM jobs ``job_ids``; None if that worked, else why not."""
     import subprocess
 
+    try:
+        subprocess.check_call(["scancel", *job_ids])
+        return None
+    except (OSError, subprocess.CalledProcessError) as e:
+        return str(e)
+
+
+def _cancel_submitted(run_dir: str, submitted: dict[str, str], why: str) -> None:
+    """All or nothing: scancel the jobs of a campaign submission that could not be completed."""
     bases = sorted({jid.split("_")[0] for jid in submitted.values()})
     if bases:
-        try:
-            subprocess.check_call(["scancel", *bases])
-        except (OSError, subprocess.CalledProcessError):
-            pass
+        scancel(bases)
     for key in submitted:
         records.update_record(run_dir, key, state="CANCELLED", ended=records.now(), error=f"cancelled: {why}")

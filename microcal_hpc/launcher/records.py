@@ -17,29 +17,17 @@ import json
 import os
 import platform
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from microcal_hpc.atomic import write_json
+from microcal_hpc.provenance import git_info, library_versions
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
             "DEADLINE", "SKIPPED", "INTERRUPTED", "PREEMPTED")
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
           "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "SUBMITTING")
 _ORDER = {"SUBMITTING": 0, "PENDING": 1, "REQUEUED": 1, "RUNNING": 2}
-
-LIBRARIES = {  # import name -> distribution name(s); versions read from metadata, nothing imported
-    "tensorflow": ("tensorflow-cpu", "tensorflow"),
-    "numpy": ("numpy",),
-    "h5py": ("h5py",),
-    "pywt": ("PyWavelets",),
-    "sklearn": ("scikit-learn",),
-    "submitit": ("submitit",),
-    "mpi4py": ("mpi4py",),
-    "horovod": ("horovod",),
-    "yaml": ("PyYAML",),
-}
 
 
 def now() -> str:
@@ -147,37 +135,6 @@ def new_submission(run_dir: str | os.PathLike, spec, executor: str) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # manifest
-
-
-def library_versions() -> dict[str, Optional[str]]:
-    """Installed versions of the libraries that matter, from package metadata (nothing is imported)."""
-    from importlib import metadata
-
-    out: dict[str, Optional[str]] = {}
-    for name, dists in LIBRARIES.items():
-        out[name] = None
-        for d in dists:
-            try:
-                out[name] = metadata.version(d)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
-
-
-def git_info() -> dict[str, Any]:
-    """Commit and dirty flag of the checkout holding this package ({} outside a git checkout)."""
-    here = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
-        if commit.returncode != 0:
-            return {}
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20)
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip()), "path": str(here)}
-    except (OSError, subprocess.SubprocessError):
-        return {}
 
 
 def write_manifest(run_dir: str | os.PathLike, cfg, executor: str, submitted: list[str]) -> dict:

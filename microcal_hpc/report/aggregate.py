@@ -41,8 +41,9 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     from microcal_hpc.atomic import write_json, write_text
     from microcal_hpc.errors import InputError
     from microcal_hpc.joblog import setup_job_logging
+    from microcal_hpc.launcher.plan import packed_path
     from microcal_hpc.report.build import build_report
-    from microcal_hpc.report.collect import input_fingerprint, packed_path
+    from microcal_hpc.report.collect import input_fingerprint
     from microcal_hpc.report.render import render_html, render_markdown
 
     run = Path(run_dir)
@@ -52,7 +53,7 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     out.mkdir(parents=True, exist_ok=True)
     log = setup_job_logging(out / "aggregate.log", name="aggregate")
     html_path = out / "report.html"
-    fingerprint = input_fingerprint(run, packed_path(cfg, run))
+    fingerprint = input_fingerprint(run, Path(packed_path(cfg, run)))
     if not force and _up_to_date(out, fingerprint):
         log.info("report of %s is up to date (inputs unchanged): %s", run, html_path)
         return str(html_path)

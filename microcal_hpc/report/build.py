@@ -5,10 +5,8 @@ of metrics.csv; :mod:`microcal_hpc.report.aggregate` writes them.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata as md
 import logging
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,10 +14,12 @@ import yaml
 
 from microcal_hpc import __version__
 from microcal_hpc.config import Config
+from microcal_hpc.launcher.plan import packed_path
+from microcal_hpc.provenance import git_info, library_versions
 from microcal_hpc.report import figures as F
 from microcal_hpc.report import shortcut as SC
 from microcal_hpc.report import tables as T
-from microcal_hpc.report.collect import RunCollection, collect_run, packed_path
+from microcal_hpc.report.collect import RunCollection, collect_run
 from microcal_hpc.report.comparison import compare_all, comparison_tables, comparison_values, conclusion
 from microcal_hpc.report.data import DataSummary, data_summary
 from microcal_hpc.report.export import metrics_csv, metrics_rows
@@ -29,33 +29,13 @@ from microcal_hpc.report.saliency import read_saliency, share_summary, share_tex
 
 log = logging.getLogger("microcal.aggregate")
 
-VERSION_PACKAGES = ("tensorflow-cpu", "tensorflow", "numpy", "scikit-learn", "h5py", "PyWavelets", "matplotlib",
-                    "submitit", "mpi4py", "horovod")
-
-
-def environment_versions() -> dict[str, str]:
-    """Versions of Python and the main libraries installed where the report is built."""
-    out = {"python": platform.python_version(), "microcal-hpc": __version__}
-    for p in VERSION_PACKAGES:
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def git_commit() -> Optional[str]:
-    """Commit of the repository this package runs from (None outside a git checkout)."""
-    here = Path(__file__).resolve().parents[2]
-    try:
-        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return r.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+    """Commit of the checkout this package runs from, marked if it has uncommitted changes (None outside
+    a git checkout)."""
+    info = git_info()
+    if not info:
         return None
+    return info["commit"] + (" (with uncommitted changes)" if info["dirty"] else "")
 
 
 def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -85,7 +65,8 @@ def provenance_table(coll: RunCollection, packed_sha: Optional[str]) -> T.Table:
         rows.append({"item": "submissions", "value": f"{len(subs)} (last: {last.get('time', '?')}, executor "
                      f"{last.get('executor', '?')}, {len(last.get('jobs') or [])} jobs)", "source": "manifest.json"})
     if not any(w in r["item"].lower() for r in rows for w in ("librar", "version")):
-        rows += [{"item": k, "value": v, "source": "report environment"} for k, v in environment_versions().items()]
+        versions = dict(python=platform.python_version(), **library_versions())
+        rows += [{"item": k, "value": v, "source": "report environment"} for k, v in versions.items() if v]
     rows.append({"item": "report built with", "value": f"microcal-hpc {__version__}, commit {git_commit() or 'unknown'}",
                  "source": "report environment"})
     rows.append({"item": "packed data sha256", "value": packed_sha or "packed data file not found",

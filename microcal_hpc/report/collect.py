@@ -23,6 +23,7 @@ import yaml
 from microcal_hpc.config import Config
 from microcal_hpc.errors import InputError
 from microcal_hpc.launcher import records
+from microcal_hpc.launcher.plan import packed_path
 
 PREDICTION_SPLITS = ("test", "val")
 # launcher/SLURM states: success, still going, everything else is a failure. Still going: the launcher's
@@ -377,13 +378,6 @@ def _model_folders(arm_dir: Path, depth: int) -> list[tuple[str, Path]]:
     return out
 
 
-def packed_path(cfg: Config, run_dir: Path) -> Path:
-    """The packed data file of a run: ``cfg.data.packed`` if set and present, else RUN/data/packed.h5."""
-    if cfg.data.packed and Path(cfg.data.packed).is_file():
-        return Path(cfg.data.packed)
-    return run_dir / "data" / "packed.h5"
-
-
 def collect_run(run_dir: str | os.PathLike, cfg: Config) -> RunCollection:
     """Read every output of ``run_dir``; raise InputError only if the folder does not exist."""
     run = Path(run_dir)
@@ -399,7 +393,7 @@ def collect_run(run_dir: str | os.PathLike, cfg: Config) -> RunCollection:
         except yaml.YAMLError as e:
             problems.append(f"{cfg_path}: invalid YAML ({str(e).splitlines()[0]})")
     manifest = _read_json(run / "manifest.json", problems) if (run / "manifest.json").is_file() else None
-    packed = packed_path(cfg, run)
+    packed = Path(packed_path(cfg, run))
 
     found: dict[str, dict[str, ModelRun]] = {"cnn": {}, "wavelet": {}, "baseline": {}}
     incomplete: list[str] = []
@@ -425,7 +419,7 @@ def collect_run(run_dir: str | os.PathLike, cfg: Config) -> RunCollection:
 def input_fingerprint(run_dir: str | os.PathLike, packed: str | os.PathLike | None = None) -> str:
     """A hash of the names, sizes and modification times of every input the report reads.
 
-    ``packed``: the packed data file the report reads (:func:`packed_path`) when it may lie outside the
+    ``packed``: the packed data file the report reads (:func:`microcal_hpc.launcher.plan.packed_path`) when it may lie outside the
     run directory (``data.packed``); RUN/data/packed.h5 is always included. Left out: the aggregate job's own launcher record and manifest.json, which the launcher updates
     while and after the report is built (state, end time); a new submission adds other records anyway.
     """
