@@ -21,14 +21,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write-sbatch", action="store_true",
                    help="do not submit: write the plain sbatch scripts of this submission to RUN/sbatch/ and "
                         "print one line per script (slurm/submit_all.sh submits them)")
+    p.add_argument("--record-sbatch", nargs=2, metavar=("JOB_ID", "KEYS"),
+                   help="with --run-dir: record that the plain sbatch script of the jobs KEYS (comma-separated, "
+                        "an array's in task order) was submitted as SLURM job JOB_ID (slurm/submit_all.sh does this)")
     p.epilog = ("A job whose outputs were computed with other settings (e.g. --set train.epochs=50 on a finished "
                 "25-epoch run) is stale: it runs again, and its previous outputs are moved to RUN/superseded/<time>/.")
 
 
 def run(args: argparse.Namespace) -> int:
     from microcal_hpc.errors import ConfigError
-    from microcal_hpc.launcher.campaign import submit_campaign, write_sbatch
+    from microcal_hpc.launcher.campaign import record_sbatch, submit_campaign, write_sbatch
 
+    if args.record_sbatch:
+        if not args.run_dir or args.write_sbatch or args.dry_run:
+            raise ConfigError("--record-sbatch JOB_ID KEYS goes with --run-dir alone")
+        job_id, keys = args.record_sbatch
+        return record_sbatch(args.run_dir, job_id, [k for k in keys.split(",") if k])
     if args.json and not args.dry_run:
         raise ConfigError("--json goes with --dry-run (the plan as JSON)")
     if args.write_sbatch and args.dry_run:

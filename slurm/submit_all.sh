@@ -7,9 +7,10 @@
 # does (the same jobs, arrays, dependencies and `campaign.resources` per job type, `campaign.job_resources`,
 # `campaign.setup`, `campaign.container`; only what is missing or stale), writes RUN/config.yaml and one
 # script per job or job array to RUN/sbatch/, and prints them in submission order. This script submits
-# them with sbatch, each after the jobs it waits for (--dependency=afterok:..., the report afterany), and
-# prints the job ids. Logs: RUN/logs/<job name>-<job id>.out|.err. Follow the jobs with
-# `microcal-hpc status --run-dir RUN` (it reads the outputs) or squeue.
+# them with sbatch, each after the jobs it waits for (--dependency=afterok:..., the report afterany),
+# records each job id in RUN/jobs/ (`microcal-hpc submit --record-sbatch`) and prints the job ids. Logs:
+# RUN/logs/<job name>-<job id>.out|.err. Follow the jobs with `microcal-hpc status --run-dir RUN` (it asks
+# SLURM about the recorded ids and reads the outputs) or squeue.
 #
 # Environment: MICROCAL_VENV, a virtual environment to activate here to find `microcal-hpc` (else it must
 # be on PATH). The jobs get the environment of this shell (sbatch's default) plus `campaign.setup`.
@@ -33,12 +34,14 @@ MICROCAL="$(command -v microcal-hpc)" || { echo "submit_all.sh: microcal-hpc not
 command -v sbatch >/dev/null || { echo "submit_all.sh: sbatch not found: not on a SLURM cluster?" >&2; exit 2; }
 
 # one line per script: UNIT <tab> DEPENDENCY TYPE <tab> UNITS IT WAITS FOR (comma-separated, or -) <tab> SCRIPT
+# <tab> ITS JOB KEYS (comma-separated)
 plan="$("$MICROCAL" submit --write-sbatch "${submit_args[@]}")" || exit $?
 [ -n "$plan" ] || exit 0  # nothing to do (microcal-hpc said so)
 
 declare -A job_id
 ids=()
-while IFS=$'\t' read -r unit dependency waits_for script; do
+while IFS=$'\t' read -r unit dependency waits_for script keys; do
+  run_dir="$(dirname "$(dirname "$script")")"
   deps=()
   if [ "$waits_for" != - ]; then
     for other in ${waits_for//,/ }; do
@@ -56,9 +59,10 @@ while IFS=$'\t' read -r unit dependency waits_for script; do
   }
   job_id[$unit]="${out%%;*}"
   ids+=("${job_id[$unit]}")
+  "$MICROCAL" submit --run-dir "$run_dir" --record-sbatch "${job_id[$unit]}" "$keys" \
+    || echo "submit_all.sh: could not record job ${job_id[$unit]} ($unit) in $run_dir/jobs; status will read its outputs only" >&2
   printf '%-24s %s\n' "$unit" "${job_id[$unit]}"
 done <<< "$plan"
 
-run_dir="$(dirname "$(dirname "$script")")"
 echo "submitted ${#ids[@]} job(s); follow them with: microcal-hpc status --run-dir $run_dir"
 echo "the report will be $run_dir/report/report.html"

@@ -252,7 +252,7 @@ def test_plain_sbatch_scripts_request_what_submitit_requests(tmp_path, capsys, c
                          f"data.root={tmp_path / 'tree'}", *sum((["--set", s] for s in SETTINGS), []), *extra]) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     scripts = {}
-    for unit, _dependency, _waits, script in lines:
+    for unit, _dependency, _waits, script, _keys in lines:
         text = Path(script).read_text()
         scripts[re.search(r"--job-name=(\S+)", text).group(1)] = text
     assert set(scripts) == set(submitted) and len(scripts) == 8
@@ -269,6 +269,40 @@ def test_plain_sbatch_scripts_request_what_submitit_requests(tmp_path, capsys, c
                      "#SBATCH --partition=gpu"):
             assert line in official.splitlines()
         assert "#SBATCH --partition=cpu" in scripts["mc-wavelet-features"]
+
+
+def test_plain_sbatch_submissions_are_recorded_and_followed_in_slurm(tmp_path, capsys):
+    """slurm/submit_all.sh records each job id it gets (`submit --record-sbatch`): status asks SLURM about
+    those jobs instead of calling them not submitted, and a second submission refuses to run them twice."""
+    from microcal_hpc.launcher import status
+
+    run = tmp_path / "run"
+    make_image_tree(tmp_path / "tree", counts={"Train": (12, 12), "Test": (4, 4)})
+    write = ["submit", "--write-sbatch", "--run-dir", str(run), "--set", f"data.root={tmp_path / 'tree'}",
+             *sum((["--set", s] for s in SETTINGS), [])]
+    cluster = Cluster()
+    with cluster.context():
+        assert cli.main(write) == 0
+        lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+        assert [row[0] for row in lines if row[4] == "pack"] == ["pack"]
+        folds = next(row for row in lines if row[0] == "cnn-folds")
+        assert folds[4].split(",") == [f"cnn-fold-{k}" for k in range(5)]
+        # nothing recorded yet: status sees planned jobs that were not submitted
+        assert {r.state for r in status.collect(run, plan=status.campaign_plan(run))} == {"NOT_SUBMITTED"}
+        for i, row in enumerate(lines, 100):
+            assert cli.main(["submit", "--run-dir", str(run), "--record-sbatch", str(i), row[4]]) == 0
+        cluster.set_states({"100": "RUNNING", "102_0": "COMPLETED", "102_3": "FAILED"})
+        rows = {r.key: r for r in status.collect(run, plan=status.campaign_plan(run))}
+        assert len(rows) == 12 and all(r.executor == "slurm" for r in rows.values())
+        assert (rows["pack"].job_id, rows["pack"].state, rows["pack"].source) == ("100", "RUNNING", "sacct")
+        assert [rows[f"cnn-fold-{k}"].job_id for k in range(5)] == [f"102_{k}" for k in range(5)]
+        assert rows["cnn-fold-3"].state == "FAILED" and rows["aggregate"].state == "PENDING"
+        capsys.readouterr()
+        assert cli.main(write) == 2
+        assert "are still pending/running on SLURM" in capsys.readouterr().err
+        assert cli.main(["submit", "--run-dir", str(run), "--record-sbatch", "200", "cnn-fold-9"]) == 2
+        assert "no job cnn-fold-9 in the campaign" in capsys.readouterr().err
+    assert not [c for c in cluster.calls if c[0] == "sbatch"]  # write and record only: nothing submitted
 
 
 def test_dry_run_json_and_gpu_requests(tmp_path, capsys):

@@ -202,6 +202,13 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
            if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert set(ids) == {"pack", "cnn-official", "cnn-folds", "cnn-augment-flips", "wavelet-features",
                         "wavelet-classify", "baseline", "aggregate"}
+    # every job recorded with the id sbatch gave it (the folds as <array id>_<task>), before any output
+    recs = records(run)
+    assert len(recs) == 9 and all(r["executor"] == "slurm" for r in recs.values())
+    assert (recs["cnn-fold-0"]["job_id"], recs["cnn-fold-1"]["job_id"]) == (f"{ids['cnn-folds']}_0",
+                                                                           f"{ids['cnn-folds']}_1")
+    assert {k: r["job_id"] for k, r in recs.items() if "fold" not in k} == \
+        {k: ids[k] for k in ids if k != "cnn-folds"}
 
     def logs() -> str:
         text = [squeue_text(), json.dumps(sacct_states(list(ids.values())))]
@@ -233,9 +240,15 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
     assert sum(" microcal-hpc wavelet-features --config " in line for line in wrapped) == 2  # one per MPI task
     assert {line.split()[2] for line in wrapped} == {"pack", "train", "wavelet-features", "wavelet-classify",
                                                      "baseline", "aggregate"}
-    # status reads the outputs of jobs it has no record of: everything COMPLETED, exit 0
+    # status follows the recorded ids in SLURM: everything COMPLETED (sacct), exit 0
     proc = microcal(["status", "--run-dir", str(run)], slurm_env(), 120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    recorded_ids = {r["job_id"] for r in recs.values()}
+    table = [line.split() for line in proc.stdout.splitlines() if set(line.split()) & recorded_ids]
+    assert len(table) == 9 and all(row[2] == "COMPLETED" for row in table), proc.stdout
+    # the report job wrote sacct's final states into the other records (plain scripts write none themselves)
+    states = {k: r["state"] for k, r in records(run).items()}
+    assert states.pop("aggregate") == "PENDING" and set(states.values()) == {"COMPLETED"}, states
     print(f"\nSLURM (submit_all.sh): tiny campaign submit -> end {elapsed:.1f} s")
 
 

@@ -279,8 +279,8 @@ def write_sbatch(cfg: Config, run_dir: Optional[str] = None, out: Optional[TextI
     """``submit --write-sbatch``: the submission ``submit --executor slurm`` would make, as plain sbatch
     scripts (:mod:`microcal_hpc.launcher.sbatch`) for ``slurm/submit_all.sh``: stale outputs are moved
     aside, RUN/config.yaml and RUN/manifest.json written, ``RUN/sbatch/*.sbatch`` written for what is
-    to run, and one line per script printed to ``out``: ``UNIT<TAB>DEPENDENCY<TAB>UNITS<TAB>SCRIPT``
-    (``UNITS``: the units it waits for, comma-separated, or ``-``)."""
+    to run, and one line per script printed to ``out``: ``UNIT<TAB>DEPENDENCY<TAB>UNITS<TAB>SCRIPT<TAB>KEYS``
+    (``UNITS``: the units it waits for, comma-separated, or ``-``; ``KEYS``: its jobs, comma-separated)."""
     out, err = out or sys.stdout, err or sys.stderr
 
     def say(msg: str) -> None:
@@ -296,6 +296,27 @@ def write_sbatch(cfg: Config, run_dir: Optional[str] = None, out: Optional[TextI
         return 0
     _supersede_stale(plan, found, say)
     records.write_manifest(run, plan.config, "sbatch", [s.key for s in found.todo])
-    for name, dependency, units, script in sbatch.write_scripts(cfg, plan, found.todo):
-        print(f"{name}\t{dependency}\t{','.join(units) or '-'}\t{script}", file=out)
+    for name, dependency, units, script, keys in sbatch.write_scripts(cfg, plan, found.todo):
+        print(f"{name}\t{dependency}\t{','.join(units) or '-'}\t{script}\t{','.join(keys)}", file=out)
+    return 0
+
+
+def record_sbatch(run_dir: str, job_id: str, keys: list[str]) -> int:
+    """``submit --record-sbatch JOB_ID KEYS``: slurm/submit_all.sh submitted the plain script of the jobs
+    ``keys`` (an array's in task order) as SLURM job ``job_id``. Their records become PENDING SLURM jobs,
+    as the submitit path writes them, so that ``status`` asks SLURM about them and a second submission
+    waits for them instead of running them twice."""
+    run_dir = str(Path(run_dir).resolve())
+    plan = status.campaign_plan(run_dir)
+    if plan is None:
+        raise ConfigError(f"{run_dir}: no config.yaml: not a run directory written by submit --write-sbatch")
+    unknown = [k for k in keys if k not in plan.keys()]
+    if not keys or unknown:
+        raise ConfigError(f"{run_dir}: no job {', '.join(unknown) or '(none given)'} in the campaign of its "
+                          f"config.yaml")
+    array = len(keys) > 1
+    for i, key in enumerate(keys):
+        records.new_submission(run_dir, plan.get(key), "slurm")
+        records.update_record(run_dir, key, launcher=True, job_id=f"{job_id}_{i}" if array else job_id,
+                              state="PENDING", array_index=i if array else None)
     return 0

@@ -1,10 +1,12 @@
 """Plain sbatch scripts of a campaign, generated from its plan (no submitit needed on the cluster side).
 
 ``microcal-hpc submit --write-sbatch`` writes one script per submission unit (a job or a job array) to
-``RUN/sbatch/NN-<unit>.sbatch`` and prints one line per unit, ``UNIT<TAB>DEPENDENCY<TAB>UNITS<TAB>SCRIPT``
-(``UNITS``: the comma-separated units it waits for, ``-`` for none); ``slurm/submit_all.sh`` submits them in that order
-with ``--dependency=DEPENDENCY:<their job ids> --kill-on-invalid-dep=yes``. Each script is usable on its
-own with ``sbatch`` and holds:
+``RUN/sbatch/NN-<unit>.sbatch`` and prints one line per unit,
+``UNIT<TAB>DEPENDENCY<TAB>UNITS<TAB>SCRIPT<TAB>KEYS`` (``UNITS``: the comma-separated units it waits for,
+``-`` for none; ``KEYS``: its jobs, an array's in task order); ``slurm/submit_all.sh`` submits them in that
+order with ``--dependency=DEPENDENCY:<their job ids> --kill-on-invalid-dep=yes`` and records each job id
+(``submit --record-sbatch``), so that ``status`` follows the jobs in SLURM from submission on. Each script
+is usable on its own with ``sbatch`` and holds:
 
 - the ``#SBATCH`` lines submitit writes for the same unit (:func:`executors.slurm_parameters`: job name,
   partition, account, qos, time, nodes, tasks, cpus, memory, GPUs, array, requeue, extra options), so
@@ -84,9 +86,10 @@ def unit_dependencies(unit: list[JobSpec], todo: list[list[JobSpec]]) -> list[st
     return list(dict.fromkeys(where[k] for s in unit for k in s.depends_on if k in where and k not in own))
 
 
-def write_scripts(cfg: Config, plan: Plan, todo: list[JobSpec]) -> list[tuple[str, str, list[str], Path]]:
+def write_scripts(cfg: Config, plan: Plan, todo: list[JobSpec]) -> list[tuple[str, str, list[str], Path, list[str]]]:
     """Write ``RUN/sbatch/NN-<unit>.sbatch`` for the units of ``todo`` (earlier scripts are removed);
-    return ``(unit, dependency type, units it waits for, script)`` in submission order."""
+    return ``(unit, dependency type, units it waits for, script, its job keys)`` in submission order (an
+    array's keys in task order)."""
     from microcal_hpc.atomic import write_text
 
     folder = Path(plan.run_dir) / "sbatch"
@@ -100,5 +103,5 @@ def write_scripts(cfg: Config, plan: Plan, todo: list[JobSpec]) -> list[tuple[st
         path = folder / f"{i:02d}-{unit_name(unit)}.sbatch"
         write_text(path, render_job_script(cfg, unit))
         os.chmod(path, 0o755)
-        out.append((unit_name(unit), unit[0].dependency, unit_dependencies(unit, units), path))
+        out.append((unit_name(unit), unit[0].dependency, unit_dependencies(unit, units), path, [s.key for s in unit]))
     return out

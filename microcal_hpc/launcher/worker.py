@@ -168,8 +168,6 @@ def _run_recorded(spec: JobSpec) -> Any:
                           ranks=spec.tasks if runner is _run_under_mpiexec else _world()[1],
                           cpus=sorted(os.sched_getaffinity(0)),
                           cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), error=None, **_job_ids())
-    if spec.key == "aggregate":
-        _reconcile_before_report(spec.run_dir)
     try:
         result = runner(spec)
         _check_outputs(spec)
@@ -204,19 +202,6 @@ def _stop_reason(e: BaseException) -> str:
     if isinstance(e, SignalReceived):
         return str(e) or "stopped by SIGTERM"
     return type(e).__name__
-
-
-def _reconcile_before_report(run_dir: str) -> None:
-    """The report reads the records: first write SLURM's final states of jobs that could not."""
-    from microcal_hpc.launcher.status import reconcile
-
-    try:
-        changed = reconcile(run_dir, skip=("aggregate",))
-    except Exception as e:  # never let bookkeeping stop the report
-        print(f"[microcal-hpc] could not reconcile job states with SLURM: {e}", file=sys.stderr, flush=True)
-        return
-    for key, state in changed.items():
-        print(f"[microcal-hpc] {key}: {state} (from SLURM)", file=sys.stderr, flush=True)
 
 
 def _jsonable(result: Any) -> Any:

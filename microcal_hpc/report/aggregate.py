@@ -31,6 +31,21 @@ def _up_to_date(out: Path, fingerprint: str) -> bool:
         (out / name).is_file() for name in ("report.html", "report.md", "metrics.csv"))
 
 
+def _reconcile_with_slurm(run: Path, log) -> None:
+    """The report reads the job records: first write SLURM's final states into those of SLURM jobs that
+    could not write them (cancelled, timed out, killed on a failed dependency; the plain sbatch scripts
+    write none). Nothing to do, and no SLURM command run, when the run has no SLURM job."""
+    from microcal_hpc.launcher.status import reconcile
+
+    try:
+        changed = reconcile(run, skip=("aggregate",))
+    except Exception as e:  # never let bookkeeping stop the report
+        log.warning("could not reconcile job states with SLURM: %s", e)
+        return
+    for key, state in changed.items():
+        log.info("%s: %s (from SLURM)", key, state)
+
+
 def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     """Build RUN/report/{report.html, report.md, metrics.json, metrics.csv, figures/}; return the path of report.html.
 
@@ -52,6 +67,7 @@ def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     out = report_dir(run)
     out.mkdir(parents=True, exist_ok=True)
     log = setup_job_logging(out / "aggregate.log", name="aggregate")
+    _reconcile_with_slurm(run, log)
     html_path = out / "report.html"
     fingerprint = input_fingerprint(run, Path(packed_path(cfg, run)))
     if not force and _up_to_date(out, fingerprint):
