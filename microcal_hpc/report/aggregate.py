@@ -49,6 +49,7 @@ def _reconcile_with_slurm(run: Path, log) -> None:
 def aggregate_job(cfg: Config, run_dir: str, force: bool = False) -> str:
     """Build RUN/report/{report.html, report.md, metrics.json, metrics.csv, figures/}; return the path of report.html.
 
+    First writes SLURM's final states into the job records that lack them (:func:`_reconcile_with_slurm`).
     Writes RUN/report/aggregate.log; logs a warning (and still succeeds) when the run is partial.
     report.html is removed before a rebuild and written last (the launcher's completeness marker); with
     metrics.json holding the current input fingerprint it marks an up-to-date report.
