@@ -297,6 +297,15 @@ def test_plain_sbatch_submissions_are_recorded_and_followed_in_slurm(tmp_path, c
         assert (rows["pack"].job_id, rows["pack"].state, rows["pack"].source) == ("100", "RUNNING", "sacct")
         assert [rows[f"cnn-fold-{k}"].job_id for k in range(5)] == [f"102_{k}" for k in range(5)]
         assert rows["cnn-fold-3"].state == "FAILED" and rows["aggregate"].state == "PENDING"
+        # a job SLURM no longer knows (no accounting): COMPLETED once its outputs are there, not before
+        plan = status.campaign_plan(run)
+        assert rows["baseline"].source == "record"
+        for out in plan.get("baseline").outputs[:-1]:
+            _touch(out)
+        assert {r.key: r.state for r in status.collect(run, plan=plan)}["baseline"] == "PENDING"
+        _touch(plan.get("baseline").outputs[-1])
+        row = {r.key: r for r in status.collect(run, plan=plan)}["baseline"]
+        assert (row.state, row.source) == ("COMPLETED", "outputs")
         capsys.readouterr()
         assert cli.main(write) == 2
         assert "are still pending/running on SLURM" in capsys.readouterr().err

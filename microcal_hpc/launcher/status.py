@@ -6,9 +6,11 @@ job could not report (cancelled, timed out, out of memory, killed on a failed de
 effective state is the job's own COMPLETED when it wrote one, else SLURM's view, else the record's;
 then the outputs decide: a job said COMPLETED whose outputs are not all there is INCOMPLETE, a job whose
 outputs were computed with other settings than the campaign's is STALE (:mod:`microcal_hpc.launcher.stale`),
-and a planned job without a record is COMPLETED when its outputs are there (jobs run by hand or by the
-plain sbatch scripts), else NOT_SUBMITTED. :func:`exit_code` is 0 only when every job is COMPLETED or
-still pending/running.
+and a planned job without a record is COMPLETED when its outputs are there (jobs run by hand), else
+NOT_SUBMITTED. A SLURM job whose record says pending or running but that SLURM no longer knows is
+COMPLETED when its outputs are there (a cluster without accounting forgets finished jobs, and the plain
+sbatch scripts write no end state). :func:`exit_code` is 0 only when every job is COMPLETED or still
+pending/running.
 """
 from __future__ import annotations
 
@@ -238,6 +240,9 @@ def _check_outputs(rows: list[JobStatus], recs: dict[str, dict[str, Any]], specs
         outputs = spec.outputs if spec else recs.get(row.key, {}).get("outputs") or []
         missing = _missing(outputs)
         if row.state == "NOT_SUBMITTED" and outputs and not missing:
+            row.state, row.source = "COMPLETED", "outputs"
+        if row.state in records.ACTIVE and row.executor == "slurm" and row.source == "record" and outputs \
+                and not missing:  # SLURM no longer knows the job (no accounting): its outputs are there
             row.state, row.source = "COMPLETED", "outputs"
         if row.state == "COMPLETED" and missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
