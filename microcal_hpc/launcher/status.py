@@ -239,10 +239,10 @@ def _check_outputs(rows: list[JobStatus], recs: dict[str, dict[str, Any]], specs
         spec = by_key.get(row.key)
         outputs = spec.outputs if spec else recs.get(row.key, {}).get("outputs") or []
         missing = _missing(outputs)
-        if row.state == "NOT_SUBMITTED" and outputs and not missing:
-            row.state, row.source = "COMPLETED", "outputs"
-        if row.state in records.ACTIVE and row.executor == "slurm" and row.source == "record" and outputs \
-                and not missing:  # SLURM no longer knows the job (no accounting): its outputs are there
+        # not submitted, or a SLURM job SLURM no longer knows (no accounting): its outputs decide
+        unknown = row.state == "NOT_SUBMITTED" or (row.state in records.ACTIVE and row.executor == "slurm"
+                                                   and row.source == "record")
+        if unknown and outputs and not missing:
             row.state, row.source = "COMPLETED", "outputs"
         if row.state == "COMPLETED" and missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
