@@ -244,7 +244,7 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
     proc = microcal(["status", "--run-dir", str(run)], slurm_env(), 120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     recorded_ids = {r["job_id"] for r in recs.values()}
-    table = [line.split() for line in proc.stdout.splitlines() if set(line.split()) & recorded_ids]
+    table = [row for row in map(str.split, proc.stdout.splitlines()) if len(row) > 3 and row[3] in recorded_ids]
     assert len(table) == 9 and all(row[2] == "COMPLETED" for row in table), proc.stdout
     # the report job wrote sacct's final states into the other records (plain scripts write none themselves)
     states = {k: r["state"] for k, r in records(run).items()}
