@@ -8,12 +8,13 @@ data (``--data``, default ``$MICROCAL_DATA``) with the main job's settings (``--
 ``configs/campaign.yaml``; ``--epochs`` and ``--set`` change both sides alike):
 
 naive reference
-    For each CNN fit the campaign makes (its plan's ``cnn`` jobs: official, CV folds, augmentation
-    presets), a fresh Python process that loads the images from the image files with Pillow into NumPy
-    arrays and runs plain float32 Keras: the architecture of :mod:`microcal_hpc.cnn.model`, Adam,
-    binary cross-entropy, ``model.fit(x, y, batch_size, epochs)`` with one step per call and no
-    tf.data pipeline (fold fits also pass their fold as ``validation_data``; augmentation fits put the
-    preset's Keras layers in front of the model), then ``model.predict`` on Test (and on the fold).
+    For each CNN fit the campaign makes (its plan's ``cnn`` jobs: official, its seed repeats, CV folds,
+    augmentation presets; each with its training seed), a fresh Python process that loads the images
+    from the image files with Pillow into NumPy arrays and runs plain float32 Keras: the architecture of
+    :mod:`microcal_hpc.cnn.model`, Adam, binary cross-entropy, ``model.fit(x, y, batch_size, epochs)``
+    with one step per call and no tf.data pipeline (fold fits also pass their fold as
+    ``validation_data``; augmentation fits put the preset's Keras layers in front of the model), then
+    ``model.predict`` on Test (and on the fold).
     The training images are the campaign's: all of Train for fits without a fold, Train minus fold k
     (the project's splitter, same grouping and seed) for fold k. Then one process running one
     scikit-learn ``RandomForestClassifier()`` (defaults, ``random_state`` fixed) in 5-fold CV on the

@@ -273,6 +273,11 @@ class CampaignConfig:
     max_parallel: int = 0
     serial: bool = False
     official: bool = True  # CNN on all of Train (no validation part), Test predicted at the end
+    # the official CNN trained again with these train.seed values (cnn/official-seed-<S>, one array;
+    # resources as cnn/official's): the report's seed-to-seed spread of its Test AUC and of the
+    # CNN - wavelet differences. Needs `official`; must not repeat train.seed (that is cnn/official: the
+    # campaign's plan checks it, since each job's own config has its own train.seed)
+    official_seeds: list[int] = field(default_factory=list)
     cv_folds: int = 5  # CNN cross-validation folds (0: none)
     augment_presets: list[str] = field(default_factory=lambda: ["flips", "reference"])
     wavelet: bool = True  # wavelet features + classifiers
@@ -301,6 +306,11 @@ class CampaignConfig:
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"campaign.cv_folds must be 0 or >= 2, got {self.cv_folds}")
         _check_presets("campaign.augment_presets", self.augment_presets)
+        seeds = self.official_seeds
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) or len(set(seeds)) < len(seeds):
+            raise ConfigError(f"campaign.official_seeds must be distinct integers >= 0, got {seeds}")
+        if seeds and not self.official:
+            raise ConfigError("campaign.official_seeds repeats the official CNN run, but campaign.official is false")
         unknown = set(self.resources) - set(JOB_TYPES)
         if unknown:
             raise ConfigError(f"campaign.resources: unknown job type(s) {sorted(unknown)}; known: {list(JOB_TYPES)}")

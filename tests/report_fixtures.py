@@ -195,9 +195,12 @@ def write_saliency(folder: Path, ids: list[str], images: np.ndarray, labels: np.
 
 
 def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[str, ...] = (),
-                  overrides: Optional[list[str]] = None, seed: int = 0, saliency: bool = True) -> FabricatedRun:
+                  overrides: Optional[list[str]] = None, seed: int = 0, saliency: bool = True,
+                  official_seeds: Optional[dict[int, tuple[int, int]]] = None) -> FabricatedRun:
     """A complete run directory (or a partial one: CNN folds in ``drop_folds`` have no folder at all;
     CNN jobs named in ``failed`` have a folder without metrics.json and a FAILED launcher record).
+    ``official_seeds``: training seed -> (f, g) of the official run repeated with that seed
+    (cnn/official-seed-<seed>; give ``campaign.official_seeds`` in ``overrides`` too).
 
     The CNN runs without a fold follow the contract of runs trained on all of Train: empty validation
     arrays, ``validation: null``, no ``val_*`` history; the official run has a saliency.npz (``saliency``)."""
@@ -231,7 +234,9 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         records.append((f"{stage}-{name}", rec))
 
     # ---- CNN single runs: trained on all of Train, no validation
-    for name, fg in (("official", CNN_OFFICIAL_FG), ("augment-flips", CNN_AUGMENT_FG)):
+    singles = [("official", CNN_OFFICIAL_FG, 0)]
+    singles += [(f"official-seed-{s}", fg, s) for s, fg in (official_seeds or {}).items()]
+    for name, fg, train_seed in singles + [("augment-flips", CNN_AUGMENT_FG, 0)]:
         folder = run / "cnn" / name
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "history.json", {k: v for k, v in _history(4, rng).items() if not k.startswith("val_")})
@@ -242,9 +247,9 @@ def fabricate_run(root: Path, drop_folds: tuple[int, ...] = (), failed: tuple[st
         test = _part(te, all_test, known_scores(te["labels"], *fg, rng))
         _save_preds(folder, test, _part(tr, np.array([], int), np.array([])))
         write_json(folder / "metrics.json", _metrics("cnn", "cnn", name, test, None, 0.5,
-                                                     augment=name.split("-")[-1] if "-" in name else "none",
-                                                     train={"loss": 0.2, "accuracy": 0.93},
-                                                     n_train=len(tr["labels"])))
+                                                     augment=name.split("-")[-1] if name.startswith("augment-")
+                                                     else "none", train={"loss": 0.2, "accuracy": 0.93},
+                                                     n_train=len(tr["labels"]), seed=train_seed))
         if name == "official" and saliency:
             write_saliency(folder, te["ids"], te["images"], te["labels"])
         exp[f"cnn/{name}"] = {"test": _fg_of(te["labels"], fg), "test_prob": test["prob"]}

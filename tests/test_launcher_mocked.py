@@ -255,19 +255,29 @@ def test_plain_sbatch_scripts_request_what_submitit_requests(tmp_path, capsys, c
     for unit, _dependency, _waits, script, _keys in lines:
         text = Path(script).read_text()
         scripts[re.search(r"--job-name=(\S+)", text).group(1)] = text
-    assert set(scripts) == set(submitted) and len(scripts) == 8
+    # the GPU config repeats the official run with seeds 1 and 2, each submitted alone with cnn/official's
+    # resources (its data-parallel request); the default config has no seed repeats
+    seeds = ["cnn-official-seed-1", "cnn-official-seed-2"] if config else []
+    units = ["pack", "cnn-official", *seeds, "cnn-folds", "cnn-augment-flips", "wavelet-features", "wavelet-classify",
+             "baseline", "aggregate"]
+    assert set(scripts) == set(submitted) and len(scripts) == len(units)
     for name, text in scripts.items():
         assert _resource_lines(text) == _resource_lines(submitted[name]), name
         assert "export MARK=1" in text.splitlines() and "export MARK=1" in submitted[name].splitlines()
-    assert [line[0] for line in lines] == ["pack", "cnn-official", "cnn-folds", "cnn-augment-flips", "wavelet-features",
-                                           "wavelet-classify", "baseline", "aggregate"]
-    assert lines[5][1:3] == ["afterok", "wavelet-features"] and lines[2][1:3] == ["afterok", "pack"]
+    assert [line[0] for line in lines] == units
+    by_unit = {line[0]: line for line in lines}
+    assert by_unit["wavelet-classify"][1:3] == ["afterok", "wavelet-features"]
+    assert by_unit["cnn-folds"][1:3] == ["afterok", "pack"]
     assert lines[-1][1] == "afterany" and lines[-1][2].split(",") == [line[0] for line in lines[:-1]]
     if config:
         official = scripts["mc-cnn-official"]
         for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --gres=gpu:2",
                      "#SBATCH --partition=gpu"):
             assert line in official.splitlines()
+        for unit in seeds:
+            same = [line for line in _resource_lines(scripts[f"mc-{unit}"]) if not line.startswith("#SBATCH --job-name")]
+            assert same == [line for line in _resource_lines(official) if not line.startswith("#SBATCH --job-name")]
+            assert f"train.seed={unit.rsplit('-', 1)[1]}" in scripts[f"mc-{unit}"]
         assert "#SBATCH --partition=cpu" in scripts["mc-wavelet-features"]
 
 
@@ -319,13 +329,16 @@ def test_dry_run_json_and_gpu_requests(tmp_path, capsys):
     assert _submit(Cluster(), tmp_path / "run", tmp_path, *gpu, "--dry-run", "--json") == 0
     plan = json.loads(capsys.readouterr().out)
     jobs = {j["key"]: j for j in plan["jobs"]}
-    assert plan["counts"]["to_submit"] == 12 and plan["warnings"] == [] and not (tmp_path / "run").exists()
+    assert plan["counts"]["to_submit"] == 14 and plan["warnings"] == [] and not (tmp_path / "run").exists()
     assert plan["setup"] == ["source $HOME/venvs/microcal-gpu/bin/activate"]
     off = jobs["cnn-official"]
     r = off["resources"]
     assert (r["nodes"], r["tasks_per_node"], r["gpus_per_node"]) == (2, 2, 2)
     assert off["tasks"] == 4 and off["array"] is None and off["command"][:2] == ["microcal-hpc", "train"]
     assert jobs["cnn-fold-2"]["resources"]["gpus_per_node"] == 1 and jobs["cnn-fold-2"]["array"] == "cnn-folds"
+    seed = jobs["cnn-official-seed-2"]  # a seed repeat of the official run: its resources, alone
+    assert seed["resources"] == r and seed["tasks"] == 4 and seed["array"] is None
+    assert seed["command"][-2:] == ["--set", "train.seed=2"]
     units = {u["name"]: u for u in plan["units"]}
     assert "#SBATCH --gres=gpu:2" in units["cnn-official"]["sbatch"]
     assert units["cnn-official"]["dependency"] == "afterok:<pack>"

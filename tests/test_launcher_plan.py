@@ -18,6 +18,33 @@ def _cfg(tmp_path, *overrides):
     return load_config(None, [f"data.root={tmp_path / 'tree'}", *overrides])
 
 
+def test_seed_repeats_of_the_official_run_are_one_array_with_its_resources(tmp_path):
+    """campaign.official_seeds: cnn/official-seed-<S> trains on all of Train with train.seed=S, as an array; with
+    a job_resources entry for cnn/official (data-parallel) each repeat takes it and goes alone."""
+    run = tmp_path / "run"
+    plan = build_plan(_cfg(tmp_path, "campaign.official_seeds=[3,1]", "train.fold=2"), run)
+    assert plan.keys()[1:4] == ["cnn-official", "cnn-official-seed-3", "cnn-official-seed-1"]
+    assert ["cnn-official-seed-3", "cnn-official-seed-1"] in [[s.key for s in g] for g in plan.groups()]
+    for seed in (3, 1):
+        spec = plan.get(f"cnn-official-seed-{seed}")
+        assert (spec.config.train.seed, spec.config.train.fold, spec.array) == (seed, None, "cnn-seeds")
+        assert spec.args == (str(run / "data" / "packed.h5"), str(run / "cnn"), f"official-seed-{seed}")
+        assert spec.command[-4:] == ("--set", "train.fold=null", "--set", f"train.seed={seed}")
+    assert plan.get("cnn-official").config.train.seed == 0
+    hvd = build_plan(_cfg(tmp_path, "campaign.official_seeds=[1]",
+                          "campaign.job_resources={cnn/official: {nodes: 2, tasks_per_node: 2}}"), run)
+    repeat, official = hvd.get("cnn-official-seed-1"), hvd.get("cnn-official")
+    assert repeat.resources == official.resources and repeat.tasks == 4 and repeat.array is None
+    assert hvd.get("cnn-fold-0").tasks == 1
+    with pytest.raises(ConfigError, match=r"campaign.official_seeds: 0 is train.seed"):
+        build_plan(_cfg(tmp_path, "campaign.official_seeds=[0,1]"), run)
+    for bad, says in (("[1,1]", "distinct integers"), ("[-2]", "distinct integers")):
+        with pytest.raises(ConfigError, match=says):
+            _cfg(tmp_path, f"campaign.official_seeds={bad}")
+    with pytest.raises(ConfigError, match="campaign.official is false"):
+        _cfg(tmp_path, "campaign.official_seeds=[1]", "campaign.official=false")
+
+
 def test_default_plan_is_the_campaign_dag(tmp_path):
     run = tmp_path / "run"
     plan = build_plan(_cfg(tmp_path), run)

@@ -305,7 +305,9 @@ def test_both_paths_ask_slurm_for_the_same_jobs(slurm_cluster, real_root, tmp_pa
     finally:
         if submitted:
             subprocess.run(["scancel", *sorted({j.split("_")[0] for j in submitted})], timeout=60)
-    assert set(a) == set(b) and len(a) == 8  # 13 jobs: the folds and the presets are one array each
+    # 13 jobs: the folds and the presets are one array each; the GPU config adds the official run's two seed
+    # repeats, each alone with cnn/official's data-parallel request
+    assert set(a) == set(b) and len(a) == (10 if config == "gpu" else 8)
     for name in a:
         assert a[name] == b[name], (name, a[name], b[name])
     assert all(r["Reason"] == "JobHeldUser" for r in a.values())
@@ -316,6 +318,8 @@ def test_both_paths_ask_slurm_for_the_same_jobs(slurm_cluster, real_root, tmp_pa
         assert (official["Partition"], official["NumNodes"], official["NumTasks"], official["TresPerNode"]) == \
             ("gpu", "2-2", "4", "gres:gpu:2")
         assert (official["Account"], official["QOS"]) == ("microcal", "microcal")
+        for seed in (1, 2):
+            assert a[f"mc-cnn-official-seed-{seed}"] == official, seed
         assert a["mc-cnn-folds"]["TresPerNode"] == "gres:gpu:1" and a["mc-wavelet-features"]["Partition"] == "cpu"
         assert a["mc-wavelet-features"]["NumTasks"] == "8"
 

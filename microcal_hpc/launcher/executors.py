@@ -1,7 +1,7 @@
 """The SLURM executor (submitit; returns after submitting). The executors that run here and wait,
 ``local`` and ``debug``, are in :mod:`microcal_hpc.launcher.local`.
 
-SLURM: one ``sbatch`` per job, one job array per array group (CV folds, augmentation presets), with
+SLURM: one ``sbatch`` per job, one job array per array group (CV folds, augmentation presets, seed repeats), with
 each job's resources (``spec.resources``: ``campaign.resources`` of its type, ``campaign.job_resources``),
 ``campaign.setup`` and ``campaign.container``, and the plan's dependencies as SLURM dependencies
 (``afterok``; ``afterany`` for the report; ``--kill-on-invalid-dep=yes`` so that jobs after a failed

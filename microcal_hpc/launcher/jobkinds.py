@@ -156,11 +156,16 @@ class PlannedJob:
     name: str
     array: Optional[str] = None
     overrides: tuple[str, ...] = ()
+    resources_as: Optional[str] = None  # the job whose campaign.job_resources entry applies when it has none
 
     @property
     def label(self) -> str:
         """``stage/name`` as tables and ``campaign.job_resources`` name the job (e.g. ``cnn/fold-2``)."""
         return f"{self.kind.stage}/{self.name}"
+
+    def resource_label(self, job_resources: dict) -> str:
+        """The job name whose ``campaign.job_resources`` entry this job takes: its own, else ``resources_as``."""
+        return self.label if self.label in job_resources or not self.resources_as else self.resources_as
 
     def paths(self, cfg, run: Path, data: str) -> JobPaths:
         """Where this job reads and writes in the run directory ``run`` (``data``: the packed file)."""
@@ -170,9 +175,9 @@ class PlannedJob:
 def campaign_jobs(cfg) -> list[PlannedJob]:
     """The jobs ``cfg`` asks for, in submission order (what each waits for comes first).
 
-    pack (when ``data.root`` is set); the CNN on the official split, the k CV folds (one array), the
-    augmentation presets (one array); wavelet features then classifiers; the grey-level baseline; the
-    report.
+    pack (when ``data.root`` is set); the CNN on the official split, its repeats with other training seeds
+    (one array), the k CV folds (one array), the augmentation presets (one array); wavelet features then
+    classifiers; the grey-level baseline; the report.
     """
     camp, k = cfg.campaign, KINDS
     jobs: list[PlannedJob] = []
@@ -181,6 +186,10 @@ def campaign_jobs(cfg) -> list[PlannedJob]:
     no_fold = () if cfg.train.fold is None else ("train.fold=null",)
     if camp.official:
         jobs.append(PlannedJob(k["train"], "cnn-official", "official", overrides=no_fold))
+    for seed in camp.official_seeds:
+        name = official_seed_name(seed)
+        jobs.append(PlannedJob(k["train"], f"cnn-{name}", name, "cnn-seeds", no_fold + (f"train.seed={seed}",),
+                               resources_as="cnn/official"))
     for fold in range(camp.cv_folds):
         jobs.append(PlannedJob(k["train"], f"cnn-fold-{fold}", f"fold-{fold}", "cnn-folds", (f"train.fold={fold}",)))
     for preset in camp.augment_presets:
@@ -194,6 +203,20 @@ def campaign_jobs(cfg) -> list[PlannedJob]:
         jobs.append(PlannedJob(k["baseline"], "baseline", "baseline"))
     jobs.append(PlannedJob(k["aggregate"], "aggregate", "aggregate"))
     return jobs
+
+
+OFFICIAL_SEED_PREFIX = "official-seed-"
+
+
+def official_seed_name(seed: int) -> str:
+    """The job name of the official CNN run repeated with training seed ``seed``: ``official-seed-<seed>``."""
+    return f"{OFFICIAL_SEED_PREFIX}{int(seed)}"
+
+
+def official_seed_of(name: str) -> Optional[int]:
+    """The training seed of an ``official-seed-<seed>`` job name; None for any other name."""
+    tail = name[len(OFFICIAL_SEED_PREFIX):] if name.startswith(OFFICIAL_SEED_PREFIX) else ""
+    return int(tail) if tail.isdigit() else None
 
 
 def expected_model_folders(cfg) -> dict[str, list[str]]:

@@ -3,6 +3,7 @@
 ::
 
     pack ──┬── cnn/official
+           ├── cnn/official-seed-<S> ...        one job array (campaign.official_seeds)
            ├── cnn/fold-0 .. fold-(k-1)         one job array
            ├── cnn/augment-<preset> ...         one job array
            ├── wavelet/features (MPI) ── wavelet/classify
@@ -182,6 +183,9 @@ def build_plan(cfg: Config, run_dir: str | os.PathLike | None = None) -> Plan:
     if not cfg.data.root and not Path(data).exists():
         raise ConfigError(f"data.root is empty and {data} does not exist: set data.root (the image tree) "
                           "or data.packed (an existing packed file)")
+    if cfg.train.seed in cfg.campaign.official_seeds:
+        raise ConfigError(f"campaign.official_seeds: {cfg.train.seed} is train.seed, the seed cnn/official already "
+                          f"trains with; list other seeds (got {cfg.campaign.official_seeds})")
     jobs = campaign_jobs(cfg)
     labels = {j.label for j in jobs}
     unknown = sorted(set(cfg.campaign.job_resources) - labels)
@@ -202,8 +206,9 @@ def _spec(job: PlannedJob, cfg: Config, run: Path, data: str, config_file: str, 
         depends_on, dependency = tuple(s.key for s in before), "afterany"
     else:
         depends_on, dependency = tuple(s.key for s in before if s.kind in kind.after), "afterok"
-    resources = cfg.resources(kind.resources, job.label)
-    own_resources = job.label in cfg.campaign.job_resources  # submitted alone: an array shares one request
+    resource_label = job.resource_label(cfg.campaign.job_resources)
+    resources = cfg.resources(kind.resources, resource_label)
+    own_resources = resource_label in cfg.campaign.job_resources  # submitted alone: an array shares one request
     command = [PROGRAM, kind.command, "--config", config_file]
     for flag, arg in zip(kind.flags, paths.args):
         command += [flag, arg]

@@ -26,6 +26,7 @@ from microcal_hpc.report.export import metrics_csv, metrics_rows
 from microcal_hpc.report.reference import reference_table, settings_table
 from microcal_hpc.report.render import Box, Figure, Paragraph, Pre, Report, Section, figure_list
 from microcal_hpc.report.saliency import read_saliency, share_summary, share_text
+from microcal_hpc.report.seeds import one_seed_note, seed_check
 
 log = logging.getLogger("microcal.aggregate")
 
@@ -274,7 +275,11 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
     comps = compare_all(S, cfg)
     comp = Section("comparison", "5. CNN versus wavelet")
     comp.blocks += [Paragraph(conclusion(comps) + " The best wavelet model is chosen by CV AUC, never by Test AUC.")]
-    comp.blocks += comparison_tables(S, comps, cfg)
+    seeds = seed_check(S, comps, cfg)  # how far the official run's Test verdicts hold over training seeds
+    note = seeds.text if seeds is not None else one_seed_note(S, cfg)
+    comp.blocks += ([Paragraph(note)] if note else []) + comparison_tables(S, comps, cfg)
+    if seeds is not None:
+        comp.blocks.append(seeds.table)
     short, shortcut_values = _shortcut_section(S, D, cfg)
     gal, saliency = _gallery_section(S, D, cfg, fig)
     sections = [summary, data, _cnn_section(S, cfg, fig), _wavelet_section(S, cfg, fig), comp, short, gal,
@@ -299,6 +304,7 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
         "best_wavelet_rule": "highest mean cross-validation AUC (never Test AUC)",
         "reference_pipeline": S.reference_wavelet,
         "comparisons": comparison_values(comps),
+        "seed_check": seeds.values if seeds is not None else None,
         "shortcut": shortcut_values,
         "saliency": saliency,
         "packed_sha256": packed_sha,

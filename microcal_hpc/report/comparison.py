@@ -48,8 +48,13 @@ def verdict(p: dict[str, Any]) -> str:
     return "higher" if p["ci_low"] > 0 else "lower" if p["ci_high"] < 0 else "unclear"
 
 
-def _paired(S: Summaries, cfg: Config, a: Predictions, b: Predictions, split: str,
-            group_run) -> Optional[dict[str, Any]]:
+# how the tables say a verdict: where the 95% CI of CNN − wavelet lies
+CI_WORDS = {"higher": "above 0", "lower": "below 0", "unclear": "includes 0"}
+
+
+def paired_difference(S: Summaries, cfg: Config, a: Predictions, b: Predictions, split: str,
+                      group_run) -> Optional[dict[str, Any]]:
+    """Paired group bootstrap of AUC(a) − AUC(b) on the images both scored (None if fewer than 2 classes)."""
     al = aligned(a, b)
     if al is None or len(np.unique(al[0])) < 2:
         return None
@@ -84,11 +89,11 @@ def compare_all(S: Summaries, cfg: Config) -> list[PairedComparison]:
         w = S.wavelet[key]
         c = PairedComparison(" = ".join(roles), key, wavelet_label(w.run), _folds(S, w))
         if off is not None and off.run.test is not None and w.run.test is not None:
-            p = _paired(S, cfg, off.run.test, w.run.test, "test", off.run)
+            p = paired_difference(S, cfg, off.run.test, w.run.test, "test", off.run)
             if p:
                 c.paired["test"] = p
         if oof is not None and w.run.val is not None:
-            p = _paired(S, cfg, oof, w.run.val, "train", w.run)
+            p = paired_difference(S, cfg, oof, w.run.val, "train", w.run)
             if p:
                 c.paired["cv"] = p
         out.append(c)
@@ -183,7 +188,7 @@ def comparison_tables(S: Summaries, comps: list[PairedComparison], cfg: Config) 
             prow.append({"comparison": f"{c.label} ({c.role})", "key": c.key, "evaluation": EVALUATIONS[ev],
                          "n": p["n"], "auc_a": p["auc_a"], "auc_b": p["auc_b"], "diff": p["diff"],
                          "diff_ci": [p["ci_low"], p["ci_high"]], "p_value": p["p_value"],
-                         "verdict": {"higher": "above 0", "lower": "below 0", "unclear": "includes 0"}[verdict(p)]})
+                         "verdict": CI_WORDS[verdict(p)]})
     paired = Table("comparison_paired", "CNN versus wavelet models: paired AUC differences",
                    "Test: the official CNN run and the wavelet model (fitted on all of Train) on the same Test images; "
                    "CV: the CNN fold models' and the wavelet model's out-of-fold predictions on the same Train images, "

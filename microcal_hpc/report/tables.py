@@ -16,6 +16,7 @@ import numpy as np
 from microcal_hpc import metrics as M
 from microcal_hpc.baseline import BASELINES
 from microcal_hpc.config import Config
+from microcal_hpc.launcher.jobkinds import official_seed_of
 from microcal_hpc.launcher.plan import STAGES
 from microcal_hpc.report.collect import ACTIVE_STATES, ModelRun, Predictions, RunCollection
 
@@ -192,6 +193,8 @@ class Summaries:
     best_wavelet: Optional[str] = None  # key of the wavelet classifier with the highest CV mean AUC
     reference_wavelet: Optional[str] = None  # REFERENCE_PIPELINE when the run has it
     ensemble: Optional[ModelSummary] = None  # mean P of the fold models on Test
+    # training seed -> the official CNN run with that seed: cnn/official and its repeats cnn/official-seed-<S>
+    cnn_seeds: dict[int, ModelSummary] = field(default_factory=dict)
 
     @property
     def official(self) -> Optional[ModelSummary]:
@@ -267,10 +270,25 @@ def summarise_run(coll: RunCollection, cfg: Config) -> Summaries:
         s.best_wavelet = max(cv_auc, key=lambda k: (cv_auc[k], k))
     s.reference_wavelet = REFERENCE_PIPELINE if REFERENCE_PIPELINE in wav else None
     s.ensemble = fold_ensemble(folds, expected)
-    for m in single + [s.ensemble] + [wav[k] for k in {s.best_wavelet, s.reference_wavelet} if k] + list(base.values()):
+    s.cnn_seeds = official_seed_runs(coll, s.official, cfg)
+    seed_repeats = [m for m in s.cnn_seeds.values() if m is not s.official]
+    key_wavelets = [wav[k] for k in {s.best_wavelet, s.reference_wavelet} if k]
+    for m in single + seed_repeats + [s.ensemble] + key_wavelets + list(base.values()):
         if m is not None:
             add_test_ci(m, cfg, s.groups)
     return s
+
+
+def official_seed_runs(coll: RunCollection, official: Optional[ModelSummary], cfg: Config) -> dict[int, ModelSummary]:
+    """{training seed: summary} of the official CNN run (its recorded seed) and its seed repeats, by seed."""
+    out = {}
+    if official is not None:
+        out[int(official.run.metrics.get("seed", cfg.train.seed))] = official
+    for name, run in coll.cnn.items():
+        seed = official_seed_of(name)
+        if seed is not None:
+            out[seed] = summarise_model(run, f"CNN (training seed {seed})")
+    return dict(sorted(out.items()))
 
 
 @dataclass
