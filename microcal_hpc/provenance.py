@@ -1,7 +1,9 @@
-"""Where a result came from: installed library versions and the git commit of this package's checkout.
+"""Where a result came from: installed library versions, the git commit of this package's checkout and a
+digest of this package's source.
 
 Read by the launcher's ``RUN/manifest.json`` and by the report (which falls back to them when a run has no
-manifest). Versions come from package metadata, so nothing is imported.
+manifest, and rebuilds a report built by other code: :func:`source_digest`). Versions come from package
+metadata, so nothing is imported.
 """
 from __future__ import annotations
 
@@ -52,3 +54,16 @@ def git_info() -> dict[str, Any]:
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip()), "path": str(here)}
     except (OSError, subprocess.SubprocessError):
         return {}
+
+
+def source_digest() -> str:
+    """sha256 (16 hex digits) of every ``.py`` file of the microcal_hpc package, by relative path and content:
+    it changes with the code, in a git checkout or an installed copy alike."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(f"{path.relative_to(root).as_posix()}\n".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]

@@ -241,6 +241,21 @@ def test_second_run_reuses_an_up_to_date_report(built):
     assert not _up_to_date(html.parent, input_fingerprint(fr.run_dir))
 
 
+def test_a_report_built_by_other_code_is_built_again(built, monkeypatch):
+    """Unchanged inputs but another version of the package (its source digest): the report is not reused."""
+    from microcal_hpc import provenance
+    from microcal_hpc.report.aggregate import _up_to_date
+    from microcal_hpc.report.collect import input_fingerprint
+
+    fr, html, _ = built
+    now = input_fingerprint(fr.run_dir)
+    digest = provenance.source_digest()
+    assert len(digest) == 16 and provenance.source_digest() == digest
+    monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 16)
+    other = input_fingerprint(fr.run_dir)
+    assert other != now and not _up_to_date(html.parent, other)
+
+
 def test_fold_mismatch_between_arms_is_flagged(tmp_path):
     """If a CNN fold job validated on other images than the wavelet classifier's fold k, the table says so."""
     from microcal_hpc.report import tables as T

@@ -417,7 +417,8 @@ def collect_run(run_dir: str | os.PathLike, cfg: Config) -> RunCollection:
 
 
 def input_fingerprint(run_dir: str | os.PathLike, packed: str | os.PathLike | None = None) -> str:
-    """A hash of the names, sizes and modification times of every input the report reads.
+    """A hash of the names, sizes and modification times of every input the report reads, and of the code
+    that reads them (:func:`microcal_hpc.provenance.source_digest`: other code builds the report again).
 
     ``packed``: the packed data file the report reads (:func:`microcal_hpc.launcher.plan.packed_path`) when it may lie outside the
     run directory (``data.packed``); RUN/data/packed.h5 is always included. Left out: the aggregate job's own launcher record and manifest.json, which the launcher updates
@@ -425,8 +426,11 @@ def input_fingerprint(run_dir: str | os.PathLike, packed: str | os.PathLike | No
     """
     import hashlib
 
+    from microcal_hpc.provenance import source_digest
+
     run = Path(run_dir)
     h = hashlib.sha256()
+    h.update(f"code|{source_digest()}\n".encode())
     pats = ["config.yaml", "data/packed.h5", "jobs/*.json", "cnn/*/*.json", "cnn/*/predictions.npz", "cnn/*/saliency.npz",
             "wavelet/*/*/*.json", "wavelet/*/*/predictions.npz", "baseline/*/*.json", "baseline/*/predictions.npz"]
     for pat in pats:
