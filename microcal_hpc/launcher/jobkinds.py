@@ -184,12 +184,13 @@ def campaign_jobs(cfg) -> list[PlannedJob]:
     if cfg.data.root:
         jobs.append(PlannedJob(k["pack"], "pack", "pack"))
     no_fold = () if cfg.train.fold is None else ("train.fold=null",)
+    official = PlannedJob(k["train"], "cnn-official", "official", overrides=no_fold)
     if camp.official:
-        jobs.append(PlannedJob(k["train"], "cnn-official", "official", overrides=no_fold))
-    for seed in camp.official_seeds:
+        jobs.append(official)
+    for seed in camp.official_seeds:  # the official run again: its name and settings but the seed
         name = official_seed_name(seed)
         jobs.append(PlannedJob(k["train"], f"cnn-{name}", name, "cnn-seeds", no_fold + (f"train.seed={seed}",),
-                               resources_as="cnn/official"))
+                               resources_as=official.label))
     for fold in range(camp.cv_folds):
         jobs.append(PlannedJob(k["train"], f"cnn-fold-{fold}", f"fold-{fold}", "cnn-folds", (f"train.fold={fold}",)))
     for preset in camp.augment_presets:
