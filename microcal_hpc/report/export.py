@@ -47,7 +47,7 @@ def _cv_rows(key: str, s: ModelSummary, per_fold: dict[int, dict[str, Any]]) -> 
 def metrics_rows(S: Summaries, overlap: Optional[dict], within: Optional[dict]) -> list[dict[str, Any]]:
     """The rows of metrics.csv: Test, Test without overlap, CV (mean ± std over folds), CV within sources."""
     models: list[tuple[str, ModelSummary, dict]] = []
-    for s in S.cnn_single + [m for m in S.cnn_seeds.values() if m is not S.official]:
+    for s in S.cnn_single + S.seed_repeats:
         models.append((f"cnn/{s.run.name}", s, {}))
     if S.cnn_folds:
         first = next(iter(S.cnn_folds.values()))

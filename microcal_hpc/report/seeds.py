@@ -83,8 +83,9 @@ def seed_check(S: Summaries, comps: list[PairedComparison], cfg: Config) -> Opti
         rows.append(row)
         for i, p in enumerate(found):
             diffs[i].append(p)
-    auc = dict(mean_std(rows, ("auc",))["auc"], min=min(r["auc"] for r in rows), max=max(r["auc"] for r in rows))
-    summary: dict[str, Any] = {"seed": "mean ± std", "job": f"{len(rows)} runs", "auc": mean_std(rows, ("auc",))["auc"],
+    auc_spread = mean_std(rows, ("auc",))["auc"]
+    auc = dict(auc_spread, min=min(r["auc"] for r in rows), max=max(r["auc"] for r in rows))
+    summary: dict[str, Any] = {"seed": "mean ± std", "job": f"{len(rows)} runs", "auc": auc_spread,
                                "accuracy": mean_std(rows, ("accuracy",)).get("accuracy")}
     cols = [Column("seed", "Training seed"), Column("job", "Job"), Column("auc", "Test AUC"),
             Column("auc_ci", "AUC 95% CI"), Column("accuracy", "Test accuracy")]

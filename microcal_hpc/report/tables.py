@@ -200,6 +200,11 @@ class Summaries:
     def official(self) -> Optional[ModelSummary]:
         return next((s for s in self.cnn_single if s.run.name == "official"), None)
 
+    @property
+    def seed_repeats(self) -> list[ModelSummary]:
+        """The official run's repeats with other training seeds (cnn/official-seed-<S>), by seed."""
+        return [m for m in self.cnn_seeds.values() if m is not self.official]
+
     def cnn_cv_per_fold(self) -> dict[int, dict[str, Any]]:
         return {k: s.validation for k, s in self.cnn_folds.items() if s.validation is not None}
 
@@ -271,9 +276,8 @@ def summarise_run(coll: RunCollection, cfg: Config) -> Summaries:
     s.reference_wavelet = REFERENCE_PIPELINE if REFERENCE_PIPELINE in wav else None
     s.ensemble = fold_ensemble(folds, expected)
     s.cnn_seeds = official_seed_runs(coll, s.official, cfg)
-    seed_repeats = [m for m in s.cnn_seeds.values() if m is not s.official]
     key_wavelets = [wav[k] for k in {s.best_wavelet, s.reference_wavelet} if k]
-    for m in single + seed_repeats + [s.ensemble] + key_wavelets + list(base.values()):
+    for m in single + s.seed_repeats + [s.ensemble] + key_wavelets + list(base.values()):
         if m is not None:
             add_test_ci(m, cfg, s.groups)
     return s
