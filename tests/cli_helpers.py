@@ -1,8 +1,11 @@
-"""Helpers shared by the test modules that write image trees and run the ``microcal-hpc`` command line."""
+"""Helpers shared by the test modules that write image trees, run the ``microcal-hpc`` command line and
+wait for what it does."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -18,3 +21,13 @@ def write_pgm(path: Path, img: np.ndarray) -> None:
     """A raw 8-bit P5 file of ``img`` (H, W), written without Pillow; creates the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"P5\n%d %d\n255\n" % (img.shape[1], img.shape[0]) + img.tobytes())
+
+
+def poll(condition: Callable[[], bool], timeout: float, every: float) -> bool:
+    """True as soon as ``condition()`` is, checking every ``every`` s; False once ``timeout`` s have passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
+    return True

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import cli_env
+from cli_helpers import cli_env, poll
 from microcal_hpc.config import Config
 from microcal_hpc.launcher import records
 from microcal_hpc.launcher.plan import JobSpec
@@ -87,12 +87,7 @@ def gone(pids, within: float = 0.0) -> bool:
     told to stop may still be on its way out when the launcher has ended)."""
     from microcal_hpc.atomic import process_alive
 
-    deadline = time.monotonic() + within
-    while any(process_alive(p) for p in pids):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    return poll(lambda: not any(process_alive(p) for p in pids), within, 0.1)
 
 
 def signal_and_wait(proc: subprocess.Popen, pid: int, signum: int) -> tuple[float, str]:

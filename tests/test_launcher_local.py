@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import REPO, cli_env
+from cli_helpers import REPO, cli_env, poll
 from test_faults_mpi import children
 from microcal_hpc.config import ResourceConfig, load_config
 from microcal_hpc.launcher import local, locks
@@ -93,10 +93,7 @@ def temporary_files(run: Path) -> list[Path]:
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.2)
+    assert poll(condition, timeout, 0.2), f"timed out after {timeout:.0f} s waiting for {what}"
 
 
 def live_jobs(run: Path) -> dict[str, list[int]]:
