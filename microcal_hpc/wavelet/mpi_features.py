@@ -272,188 +272,241 @@ def extract_to_file(wcfg, data: str | os.PathLike, out: str | os.PathLike, comm=
 
 
 def _extract(wcfg, data, out, comm, force: bool, verify: bool | None, progress_every: float) -> dict:
-    agree = _Agreement(comm)
-    rank, size = agree.rank, agree.size
-    t0 = time.perf_counter()
-    data, out = Path(data), Path(out)
-
-    # 1. every rank: settings and input (before any data collective)
-    err: list = []
-    packed = None
-    with _capture(err):
-        if out.is_dir():
-            raise InputError(f"{out}: output path is a folder; give a file name such as features.h5")
-        if rank == 0:
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise OutputError(f"{out}: cannot create the output folder ({os_reason(e)})") from None
-        if wcfg.dtype not in ("float64", "float32"):
-            raise ConfigError(f"wavelet.dtype must be float64 or float32; got {wcfg.dtype!r}")
-        if int(wcfg.chunk_size) < 1:
-            raise ConfigError(f"wavelet.chunk_size must be > 0, got {wcfg.chunk_size}")
-        if verify is None:
-            verify = cheap_to_verify(data)
-        packed = open_packed(data, verify=verify and rank == 0)
-        shape = tuple(int(s) for s in packed.attrs["image_shape"])
-        counts = {s: int(packed[s]["images"].shape[0]) for s in SPLITS}
-        for s in SPLITS:
-            if tuple(packed[s]["images"].shape[1:]) != shape:
-                raise InputError(f"{data}: /{s}/images has shape {packed[s]['images'].shape}, "
-                                 f"attribute image_shape says {shape}")
-        info = resolve_level(shape, wcfg.wavelet, wcfg.level, wcfg.mode, logger=log if rank == 0 else
-                             logging.getLogger("microcal.quiet"))
-        keep = check_keep_levels(wcfg.keep_levels, info.effective)
-        sets = check_feature_sets(wcfg.features, info.effective, keep)
-    _close_on_error(packed, err)
-    agree.check(err[0] if err else None)
-
-    # 2. rank 0: is the output already complete for these settings and this input?
-    status = None
-    with _capture(err):
-        if rank == 0:
-            expected = features_file.settings_attrs(wcfg, info, shape, sets)
-            expected["input_digest"] = features_file.input_digest(data)
-            if not force and features_file.is_complete(out, expected):
-                status = "up to date"
-    _close_on_error(packed, err)
-    agree.check(err[0] if err else None)
-    status = comm.bcast(status, root=0)
-    if status == "up to date":
-        packed.close()
-        seconds = time.perf_counter() - t0
-        if rank == 0:
-            log.info("%s is already complete for these settings and this input (%s); nothing to do", out,
-                     _describe_settings(wcfg))
-        return {"status": status, "path": str(out), "ranks": size, "images": sum(counts.values()),
-                "seconds": round(seconds, 3)}
-
-    # 3. columns of each feature set (from a one-image probe: same on every rank)
-    probe = wavedec2_batch(np.zeros((1,) + shape, np.uint8), wcfg.wavelet, info.effective, wcfg.mode, wcfg.dtype,
-                           wcfg.engine)
-    columns = {fs: feature_set_columns(fs, probe, keep) for fs in sets}
-    widths = {fs: len(cols) for fs, cols in columns.items()}
-    chunk = int(wcfg.chunk_size)
-    # ranks and pieces start on the matrix engine's tiles (a piece that did not would compute one
-    # more, partly empty, tile per chunk: 12% more work for chunks of 256)
-    align = TILE if wcfg.engine == "matrix" else 1
-    plans = [rank_pieces(counts, size, r, chunk, align) for r in range(size)]
-    rounds = max(len(p) for p in plans)
-    dtype = np.dtype(wcfg.dtype)
-    # two sets of per-feature-set buffers: round k is computed into one while round k-1's is being written
-    buffers = [{name: np.zeros((chunk, width), dtype=dtype) for name, width in widths.items()} for _ in range(2)]
-    total = sum(counts.values())
-    if rank == 0:
-        log.info("%d images (train %d, test %d) of %dx%d on %d rank(s); %d round(s) of <= %d images per rank; "
-                 "features: %s", total, counts["train"], counts["test"], shape[0], shape[1], size, rounds, chunk,
-                 ", ".join(f"{k} {v}" for k, v in widths.items()))
-
-    # 4. rank 0 creates the output (temporary name): metadata, and the feature datasets allocated
-    #    (contiguous, not filled) so that every rank can write its own rows at their byte offsets
-    stack = contextlib.ExitStack()
-    layout = None
-    with _capture(err):
-        if rank == 0:
-            # HDF5 can crash when the disk fills while it copies the metadata: refuse a file that cannot fit
-            require_free_space(out, features_file.layout_bytes(packed, counts, columns, dtype))
-            tmp = stack.enter_context(atomic_path(out))
-            layout = {"path": str(tmp), "offsets": features_file.create_layout(tmp, packed, counts, columns, dtype)}
-    if err:
-        stack.__exit__(type(err[0]), err[0], None)
-    _close_on_error(packed, err)
-    agree.check(err[0] if err else None)
-    layout = comm.bcast(layout, root=0)
-    fd = None
-    with _capture(err):
-        try:
-            fd = os.open(layout["path"], os.O_WRONLY)
-        except OSError as e:
-            raise InputError(f"{out}: rank {rank} cannot open the temporary output {layout['path']} for "
-                             f"writing ({e.strerror or e}); is the output folder shared by all nodes?") from None
-
-    # 5. rounds. Every rank computes its k-th piece (the next piece is read ahead) and hands the rows to
-    #    its writer thread, which puts them at their offsets in the output (os.pwrite: one contiguous
-    #    byte range per feature set, never overlapping another rank's) while the rank computes round k+1
-    #    (BLAS, PyWavelets and pwrite release the GIL). Ranks agree on errors every ``agree_every``
-    #    rounds and at the end; a failed rank computes nothing more.
-    done, next_report = 0, progress_every
-    coeff_buffers = None
-    # agreeing after every piece would make each rank wait for the other's jitter every ~15 ms (0.3 s per
-    # 100k images on 2 ranks); every AGREE_EVERY_IMAGES images it averages out, and an error still stops
-    # every rank within a fraction of a second
-    agree_every = max(1, AGREE_EVERY_IMAGES // chunk)
-    timers = dict.fromkeys(("read", "compute", "wait", "write", "write_wait"), 0.0)
-    writer = _BackgroundWriter(timers)
+    """The collective job, step by step; every step ends with the ranks agreeing on errors."""
+    run = _Extraction(wcfg, Path(data), Path(out), comm)
+    run.open_input(verify)
+    if run.up_to_date(force):
+        return run.summary("up to date")
+    run.plan()
+    stack = contextlib.ExitStack()  # holds the temporary output; closing it renames the file into place
+    run.create_output(stack)
     try:
-        agree.check(err[0] if err else None)
-        images = _read_piece(packed, data, plans[rank][0], verify, timers, err) if plans[rank] else None
-        for k in range(rounds):
-            piece = plans[rank][k] if k < len(plans[rank]) else None
+        run.compute_rounds(progress_every)
+        run.finish_file()
+    except BaseException as e:
+        run.writer.close()  # let a running write finish before the file is removed
+        run.close_fd()
+        stack.__exit__(type(e), e, e.__traceback__)
+        run.packed.close()
+        raise
+    run.writer.close()
+    with _capture(run.err):
+        stack.close()
+    run.packed.close()
+    run.agree.check(run.first_error())
+    return run.summary("written")
+
+
+class _Extraction:
+    """One rank's state through the steps of :func:`_extract` (numbered in the order it runs them)."""
+
+    def __init__(self, wcfg, data: Path, out: Path, comm):
+        self.wcfg, self.data, self.out, self.comm = wcfg, data, out, comm
+        self.agree = _Agreement(comm)
+        self.rank, self.size = self.agree.rank, self.agree.size
+        self.t0 = time.perf_counter()
+        self.err: list = []  # this rank's error of the current step, to be agreed on
+        self.packed = None
+        self.fd = None
+        self.timers = dict.fromkeys(("read", "compute", "wait", "write", "write_wait"), 0.0)
+        self.writer = None
+
+    def first_error(self) -> BaseException | None:
+        return self.err[0] if self.err else None
+
+    def _agree(self) -> None:
+        """Close the input if this rank failed, then agree (raises on every rank if any failed)."""
+        _close_on_error(self.packed, self.err)
+        self.agree.check(self.first_error())
+
+    def open_input(self, verify: bool | None) -> None:
+        """1. Every rank: the settings and the input, before any data collective."""
+        wcfg, data, out = self.wcfg, self.data, self.out
+        with _capture(self.err):
+            if out.is_dir():
+                raise InputError(f"{out}: output path is a folder; give a file name such as features.h5")
+            if self.rank == 0:
+                try:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise OutputError(f"{out}: cannot create the output folder ({os_reason(e)})") from None
+            wcfg.validate()
+            self.verify = cheap_to_verify(data) if verify is None else verify
+            self.packed = open_packed(data, verify=self.verify and self.rank == 0)
+            self.shape = tuple(int(s) for s in self.packed.attrs["image_shape"])
+            self.counts = {s: int(self.packed[s]["images"].shape[0]) for s in SPLITS}
+            for s in SPLITS:
+                if tuple(self.packed[s]["images"].shape[1:]) != self.shape:
+                    raise InputError(f"{data}: /{s}/images has shape {self.packed[s]['images'].shape}, "
+                                     f"attribute image_shape says {self.shape}")
+            self.info = resolve_level(self.shape, wcfg.wavelet, wcfg.level, wcfg.mode,
+                                      logger=log if self.rank == 0 else logging.getLogger("microcal.quiet"))
+            self.keep = check_keep_levels(wcfg.keep_levels, self.info.effective)
+            self.sets = check_feature_sets(wcfg.features, self.info.effective, self.keep)
+        self._agree()
+
+    def up_to_date(self, force: bool) -> bool:
+        """2. Rank 0: is the output already complete for these settings and this input? (All ranks learn it.)"""
+        status = None
+        with _capture(self.err):
+            if self.rank == 0:
+                self.expected = features_file.settings_attrs(self.wcfg, self.info, self.shape, self.sets)
+                self.expected["input_digest"] = features_file.input_digest(self.data)
+                if not force and features_file.is_complete(self.out, self.expected):
+                    status = "up to date"
+        self._agree()
+        if self.comm.bcast(status, root=0) != "up to date":
+            return False
+        self.packed.close()
+        if self.rank == 0:
+            log.info("%s is already complete for these settings and this input (%s); nothing to do", self.out,
+                     _describe_settings(self.wcfg))
+        return True
+
+    def plan(self) -> None:
+        """3. The columns of each feature set (from a one-image probe: the same on every rank) and the pieces."""
+        wcfg, shape = self.wcfg, self.shape
+        probe = wavedec2_batch(np.zeros((1,) + shape, np.uint8), wcfg.wavelet, self.info.effective, wcfg.mode,
+                               wcfg.dtype, wcfg.engine)
+        self.columns = {fs: feature_set_columns(fs, probe, self.keep) for fs in self.sets}
+        self.widths = {fs: len(cols) for fs, cols in self.columns.items()}
+        self.chunk = int(wcfg.chunk_size)
+        # ranks and pieces start on the matrix engine's tiles (a piece that did not would compute one
+        # more, partly empty, tile per chunk: 12% more work for chunks of 256)
+        align = TILE if wcfg.engine == "matrix" else 1
+        self.plans = [rank_pieces(self.counts, self.size, r, self.chunk, align) for r in range(self.size)]
+        self.rounds = max(len(p) for p in self.plans)
+        self.dtype = np.dtype(wcfg.dtype)
+        if self.rank == 0:
+            log.info("%d images (train %d, test %d) of %dx%d on %d rank(s); %d round(s) of <= %d images per "
+                     "rank; features: %s", self.total, self.counts["train"], self.counts["test"], shape[0],
+                     shape[1], self.size, self.rounds, self.chunk,
+                     ", ".join(f"{k} {v}" for k, v in self.widths.items()))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def create_output(self, stack: contextlib.ExitStack) -> None:
+        """4. Rank 0 creates the output under a temporary name (in ``stack``): metadata, and the feature
+        datasets allocated (contiguous, not filled) so that every rank writes its own rows at their byte
+        offsets; every rank opens it for writing (its error is agreed on in the next step)."""
+        layout = None
+        with _capture(self.err):
+            if self.rank == 0:
+                # HDF5 can crash when the disk fills while it copies the metadata: refuse a file that cannot fit
+                require_free_space(self.out, features_file.layout_bytes(self.packed, self.counts, self.columns,
+                                                                        self.dtype))
+                tmp = stack.enter_context(atomic_path(self.out))
+                layout = {"path": str(tmp), "offsets": features_file.create_layout(tmp, self.packed, self.counts,
+                                                                                   self.columns, self.dtype)}
+        if self.err:
+            stack.__exit__(type(self.err[0]), self.err[0], None)
+        self._agree()
+        self.layout = self.comm.bcast(layout, root=0)
+        self.writer = _BackgroundWriter(self.timers)
+        with _capture(self.err):
+            try:
+                self.fd = os.open(self.layout["path"], os.O_WRONLY)
+            except OSError as e:
+                raise InputError(f"{self.out}: rank {self.rank} cannot open the temporary output "
+                                 f"{self.layout['path']} for writing ({e.strerror or e}); is the output folder "
+                                 f"shared by all nodes?") from None
+
+    def compute_rounds(self, progress_every: float) -> None:
+        """5. Every rank computes its k-th piece (the next piece is read ahead) and hands the rows to its
+        writer thread, which puts them at their offsets in the output (os.pwrite: one contiguous byte range
+        per feature set, never overlapping another rank's) while the rank computes round k+1 (BLAS,
+        PyWavelets and pwrite release the GIL). Ranks agree on errors every ``agree_every`` rounds and at
+        the end; a failed rank computes nothing more."""
+        self.agree.check(self.first_error())
+        plan, err = self.plans[self.rank], self.err
+        # two sets of per-feature-set buffers: round k is computed into one while round k-1's is being written
+        buffers = [{name: np.zeros((self.chunk, width), dtype=self.dtype) for name, width in self.widths.items()}
+                   for _ in range(2)]
+        # agreeing after every piece would make each rank wait for the other's jitter every ~15 ms (0.3 s per
+        # 100k images on 2 ranks); every AGREE_EVERY_IMAGES images it averages out, and an error still stops
+        # every rank within a fraction of a second
+        agree_every = max(1, AGREE_EVERY_IMAGES // self.chunk)
+        progress = _Progress(self, progress_every)
+        coeff_buffers = None
+        images = _read_piece(self.packed, self.data, plan[0], self.verify, self.timers, err) if plan else None
+        for k in range(self.rounds):
+            piece = plan[k] if k < len(plan) else None
             bufs = buffers[k % 2]
             with _capture(err):
                 if piece is not None and not err:
                     t = time.perf_counter()
-                    coeff_buffers = _features_into(images, wcfg, info.effective, keep, bufs, coeff_buffers,
-                                                   first_slot=piece.start)
-                    timers["compute"] += time.perf_counter() - t
-            writer.wait(err)  # round k-1's write: done, and its error (if any) joins the next agreement
-            if (k + 1) % agree_every == 0 or k == rounds - 1:
+                    coeff_buffers = _features_into(images, self.wcfg, self.info.effective, self.keep, bufs,
+                                                   coeff_buffers, first_slot=piece.start)
+                    self.timers["compute"] += time.perf_counter() - t
+            self.writer.wait(err)  # round k-1's write: done, and its error (if any) joins the next agreement
+            if (k + 1) % agree_every == 0 or k == self.rounds - 1:
                 t = time.perf_counter()
-                agree.check(err[0] if err else None)
-                timers["wait"] += time.perf_counter() - t
-            if k + 1 < len(plans[rank]):
-                images = _read_piece(packed, data, plans[rank][k + 1], verify, timers, err)
+                self.agree.check(self.first_error())
+                self.timers["wait"] += time.perf_counter() - t
+            if k + 1 < len(plan):
+                images = _read_piece(self.packed, self.data, plan[k + 1], self.verify, self.timers, err)
             if piece is not None and not err:
-                writer.submit(_write_piece, out, fd, layout["offsets"], bufs, piece)
-            if rank == 0:
-                done += sum(len(p[k]) for p in plans if k < len(p))
-                elapsed = time.perf_counter() - t0
-                if elapsed >= next_report or k == rounds - 1:
-                    log.info("round %d/%d: %d/%d images (%.0f%%), %.1f s, %.0f images/s", k + 1, rounds, done,
-                             total, 100.0 * done / max(total, 1), elapsed, done / max(elapsed, 1e-9))
-                    next_report = elapsed + progress_every
-        writer.wait(err)
+                self.writer.submit(_write_piece, self.out, self.fd, self.layout["offsets"], bufs, piece)
+            progress.round_done(k)
+        self.writer.wait(err)
         with _capture(err):
-            os.close(fd)  # on NFS: flushes this rank's writes before rank 0 reopens the file
-            fd = None
-        agree.check(err[0] if err else None)
+            self.close_fd()  # on NFS: flushes this rank's writes before rank 0 reopens the file
+        self.agree.check(self.first_error())
 
-        # 6. rank 0 finishes the file: attributes, 'complete' flag (the rename follows)
-        with _capture(err):
-            if rank == 0:
-                attrs = dict(expected, input_file=str(data.resolve()))
-                features_file.finish(layout["path"], attrs)
-        agree.check(err[0] if err else None)
-    except BaseException as e:
-        writer.close()  # let a running write finish before the file is removed
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        stack.__exit__(type(e), e, e.__traceback__)
-        packed.close()
-        raise
-    writer.close()
-    with _capture(err):
-        stack.close()  # renames the finished file into place (rank 0)
-    packed.close()
-    agree.check(err[0] if err else None)
+    def close_fd(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
-    seconds = time.perf_counter() - t0
-    per_rank = comm.gather({"rss": _peak_rss_mb(), "cpu": _cpu_seconds(), **timers}, root=0)
-    summary = {"status": "written", "path": str(out), "ranks": size, "images": total,
-               "seconds": round(seconds, 3), "images_per_second": round(total / seconds, 1) if seconds else None,
-               "feature_widths": widths, "effective_level": info.effective, "chunk_size": chunk}
-    if rank == 0:
-        for key in timers:
-            summary[f"{key}_seconds_per_rank"] = [round(r[key], 3) for r in per_rank]
-        summary["peak_rss_mb_per_rank"] = [round(r["rss"], 1) for r in per_rank]
-        summary["cpu_seconds_per_rank"] = [round(r["cpu"], 3) for r in per_rank]  # whole process, imports included
-        log.info("wrote %s: %d images in %.2f s (%.0f images/s) on %d rank(s); per rank: compute %s s, writing "
-                 "(in the background) %s s, waiting %s s, CPU %s s, peak memory %s MB", out, total, seconds,
-                 total / max(seconds, 1e-9), size, summary["compute_seconds_per_rank"],
-                 summary["write_seconds_per_rank"], summary["wait_seconds_per_rank"],
-                 summary["cpu_seconds_per_rank"], summary["peak_rss_mb_per_rank"])
-    return summary
+    def finish_file(self) -> None:
+        """6. Rank 0 finishes the file: attributes, 'complete' flag (the rename follows)."""
+        with _capture(self.err):
+            if self.rank == 0:
+                features_file.finish(self.layout["path"], dict(self.expected, input_file=str(self.data.resolve())))
+        self.agree.check(self.first_error())
+
+    def summary(self, status: str) -> dict:
+        """The run summary: identical keys on every rank; timings and memory gathered on rank 0 once written."""
+        seconds = time.perf_counter() - self.t0
+        out = {"status": status, "path": str(self.out), "ranks": self.size, "images": self.total,
+               "seconds": round(seconds, 3)}
+        if status != "written":
+            return out
+        per_rank = self.comm.gather({"rss": _peak_rss_mb(), "cpu": _cpu_seconds(), **self.timers}, root=0)
+        out.update({"images_per_second": round(self.total / seconds, 1) if seconds else None,
+                    "feature_widths": self.widths, "effective_level": self.info.effective, "chunk_size": self.chunk})
+        if self.rank == 0:
+            for key in self.timers:
+                out[f"{key}_seconds_per_rank"] = [round(r[key], 3) for r in per_rank]
+            out["peak_rss_mb_per_rank"] = [round(r["rss"], 1) for r in per_rank]
+            out["cpu_seconds_per_rank"] = [round(r["cpu"], 3) for r in per_rank]  # whole process, imports included
+            log.info("wrote %s: %d images in %.2f s (%.0f images/s) on %d rank(s); per rank: compute %s s, "
+                     "writing (in the background) %s s, waiting %s s, CPU %s s, peak memory %s MB", self.out,
+                     self.total, seconds, self.total / max(seconds, 1e-9), self.size, out["compute_seconds_per_rank"],
+                     out["write_seconds_per_rank"], out["wait_seconds_per_rank"], out["cpu_seconds_per_rank"],
+                     out["peak_rss_mb_per_rank"])
+        return out
+
+
+class _Progress:
+    """Rank 0's progress line, at most every ``every`` seconds and after the last round."""
+
+    def __init__(self, run: _Extraction, every: float):
+        self.run, self.every = run, every
+        self.done, self.next_report = 0, every
+
+    def round_done(self, k: int) -> None:
+        run = self.run
+        if run.rank != 0:
+            return
+        self.done += sum(len(p[k]) for p in run.plans if k < len(p))
+        elapsed = time.perf_counter() - run.t0
+        if elapsed >= self.next_report or k == run.rounds - 1:
+            log.info("round %d/%d: %d/%d images (%.0f%%), %.1f s, %.0f images/s", k + 1, run.rounds, self.done,
+                     run.total, 100.0 * self.done / max(run.total, 1), elapsed, self.done / max(elapsed, 1e-9))
+            self.next_report = elapsed + self.every
 
 
 def _read_piece(packed, data: Path, piece: Piece, verify: bool, timers: dict, err: list) -> np.ndarray | None:
