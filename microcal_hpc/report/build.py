@@ -20,13 +20,14 @@ from microcal_hpc.report import figures as F
 from microcal_hpc.report import shortcut as SC
 from microcal_hpc.report import tables as T
 from microcal_hpc.report.collect import RunCollection, collect_run
-from microcal_hpc.report.comparison import compare_all, comparison_tables, comparison_values, conclusion
+from microcal_hpc.report.comparison import (PairedComparison, compare_all, comparison_tables, comparison_values,
+                                            conclusion)
 from microcal_hpc.report.data import DataSummary, data_summary
 from microcal_hpc.report.export import metrics_csv, metrics_rows
 from microcal_hpc.report.reference import reference_table, settings_table
 from microcal_hpc.report.render import Box, Figure, Paragraph, Pre, Report, Section, figure_list
 from microcal_hpc.report.saliency import read_saliency, share_summary, share_text
-from microcal_hpc.report.seeds import one_seed_note, seed_check
+from microcal_hpc.report.seeds import SeedCheck, one_seed_note, seed_check
 
 log = logging.getLogger("microcal.aggregate")
 
@@ -236,29 +237,8 @@ def _reference_section(S: T.Summaries, cfg: Config) -> Section:
     return ref
 
 
-def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple[Report, dict[str, Any], RunCollection, str]:
-    """Collect the run, recompute the tables, write the figures into ``out_dir/figures``, lay out the report.
-
-    Returns the report, the dict written as metrics.json, the collected run and the text of metrics.csv.
-    """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    coll = collect_run(run_dir, cfg)
-    log.info("collected %d CNN, %d wavelet, %d baseline runs and %d job records from %s", len(coll.cnn),
-             len(coll.wavelet), len(coll.baseline), len(coll.jobs), run_dir)
-    S = T.summarise_run(coll, cfg)
-    produced: list[str] = []
-
-    def fig(name: str, fn, *args, **kw) -> Optional[Path]:
-        p = fn(*args, path=F.figure_path(fig_dir, name), **kw)
-        if p:
-            produced.append(Path(p).name)
-        return Path(p) if p else None
-
-    from microcal_hpc.dataset import file_sha256
-
-    packed_sha = file_sha256(coll.packed) if coll.packed else None
+def _summary_section(coll: RunCollection, cfg: Config, run_dir: Path, packed_sha: Optional[str]) -> Section:
+    """1. What ran, what is missing, provenance and the configuration as used."""
     summary = Section("summary", "1. Run summary")
     summary.blocks.append(_status_box(coll))
     summary.blocks.append(Paragraph(
@@ -271,7 +251,12 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
     summary.blocks.append(Pre("Configuration as used (config.yaml of the run)" if coll.config_text is not None
                               else "Configuration (the run has no config.yaml: the configuration given to aggregate)",
                               cfg_text))
-    data, D = _data_section(coll, cfg, run_dir, fig)
+    return summary
+
+
+def _comparison_section(S: T.Summaries, cfg: Config) -> tuple[Section, list[PairedComparison], Optional[SeedCheck]]:
+    """5. CNN versus wavelet: the conclusion, the training-seed check and the paired tables; also returns
+    the comparisons and the seed check (None without seed repeats) for metrics.json."""
     comps = compare_all(S, cfg)
     comp = Section("comparison", "5. CNN versus wavelet")
     comp.blocks += [Paragraph(conclusion(comps) + " The best wavelet model is chosen by CV AUC, never by Test AUC.")]
@@ -280,18 +265,14 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
     comp.blocks += ([Paragraph(note)] if note else []) + comparison_tables(S, comps, cfg)
     if seeds is not None:
         comp.blocks.append(seeds.table)
-    short, shortcut_values = _shortcut_section(S, D, cfg)
-    gal, saliency = _gallery_section(S, D, cfg, fig)
-    sections = [summary, data, _cnn_section(S, cfg, fig), _wavelet_section(S, cfg, fig), comp, short, gal,
-                _reference_section(S, cfg)]
-    for f in fig_dir.glob("*.png"):
-        if f.name not in produced:
-            f.unlink()
-    report = Report("Microcalcification clusters: CNN versus wavelet classifiers",
-                    f"Run directory '{run_dir.name}': " + ("complete run" if coll.complete
-                                                           else "PARTIAL run (see the box below)"),
-                    sections)
-    metrics = {
+    return comp, comps, seeds
+
+
+def _metrics_json(report: Report, coll: RunCollection, S: T.Summaries, run_dir: Path, packed_sha: Optional[str],
+                  D: Optional[DataSummary], comps: list[PairedComparison], seeds: Optional[SeedCheck],
+                  shortcut_values: dict, saliency: Optional[dict]) -> dict[str, Any]:
+    """The dict written as metrics.json (docs/outputs.md)."""
+    return {
         "schema": 1,
         "run_dir": str(run_dir.resolve()),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -312,6 +293,46 @@ def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple
         "tables": T.table_values(report.tables()),
         "figures": figure_list(report),
     }
+
+
+def build_report(cfg: Config, run_dir: str | Path, out_dir: str | Path) -> tuple[Report, dict[str, Any], RunCollection, str]:
+    """Collect the run, recompute the tables, write the figures into ``out_dir/figures``, lay out the report.
+
+    Returns the report, the dict written as metrics.json, the collected run and the text of metrics.csv.
+    """
+    from microcal_hpc.dataset import file_sha256
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    coll = collect_run(run_dir, cfg)
+    log.info("collected %d CNN, %d wavelet, %d baseline runs and %d job records from %s", len(coll.cnn),
+             len(coll.wavelet), len(coll.baseline), len(coll.jobs), run_dir)
+    S = T.summarise_run(coll, cfg)
+    produced: list[str] = []
+
+    def fig(name: str, fn, *args, **kw) -> Optional[Path]:
+        p = fn(*args, path=F.figure_path(fig_dir, name), **kw)
+        if p:
+            produced.append(Path(p).name)
+        return Path(p) if p else None
+
+    packed_sha = file_sha256(coll.packed) if coll.packed else None
+    summary = _summary_section(coll, cfg, run_dir, packed_sha)
+    data, D = _data_section(coll, cfg, run_dir, fig)
+    comp, comps, seeds = _comparison_section(S, cfg)
+    short, shortcut_values = _shortcut_section(S, D, cfg)
+    gal, saliency = _gallery_section(S, D, cfg, fig)
+    sections = [summary, data, _cnn_section(S, cfg, fig), _wavelet_section(S, cfg, fig), comp, short, gal,
+                _reference_section(S, cfg)]
+    for f in fig_dir.glob("*.png"):
+        if f.name not in produced:
+            f.unlink()
+    report = Report("Microcalcification clusters: CNN versus wavelet classifiers",
+                    f"Run directory '{run_dir.name}': " + ("complete run" if coll.complete
+                                                           else "PARTIAL run (see the box below)"),
+                    sections)
+    metrics = _metrics_json(report, coll, S, run_dir, packed_sha, D, comps, seeds, shortcut_values, saliency)
     csv_text = metrics_csv(metrics_rows(S, shortcut_values.get("test_without_overlap"),
                                         shortcut_values.get("within_source")))
     return report, metrics, coll, csv_text
