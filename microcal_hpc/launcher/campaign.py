@@ -206,22 +206,7 @@ def _submit_planned(cfg: Config, run: str, plan: Plan, executor: str, out: TextI
     for warning in cfg.campaign.warnings():
         say(f"warning: {warning}")
     if dry_run:
-        say(format_plan(plan, found))
-        if executor == "slurm":
-            ids = _placeholder_ids(todo, active)
-            for unit in plan.groups(todo):
-                label = unit_name(unit) + (f" (array of {len(unit)})" if len(unit) > 1 else "")
-                say(f"\n# ---- sbatch for {label}: the resources submitit requests, the job's command "
-                    "(submitit runs it from a pickle; `submit --write-sbatch` writes this script)")
-                say(sbatch.render_job_script(cfg, unit, executors.dependency_string(unit, ids)))
-        elif executor == "local":
-            say(f"\nlocal executor: {local.concurrency_text(cfg)}, in this order")
-        if executor != "slurm" and (cfg.campaign.setup or cfg.campaign.container):
-            say(f"\nnote: campaign.setup and campaign.container apply to SLURM jobs; the {executor} executor "
-                "runs every job in this environment")
-        if found.stale:
-            say(f"\nstale jobs run again; their previous outputs would be moved to {Path(run) / stale.SUPERSEDED}/")
-        say("\ndry run: nothing submitted")
+        _print_dry_run(cfg, run, plan, found, executor, say)
         return 0
     if not todo and active:
         say(f"nothing to submit: {len(active)} job(s) still pending or running; "
@@ -254,6 +239,26 @@ def _submit_planned(cfg: Config, run: str, plan: Plan, executor: str, out: TextI
         states = local.run_debug(cfg, plan, todo, out=out)
     records.mark_manifest_ended(run)
     return _summarize_local(run, plan, states, say)
+
+
+def _print_dry_run(cfg: Config, run: str, plan: Plan, found: Assessment, executor: str, say) -> None:
+    """What a submission would do: the plan and, for SLURM, each unit's sbatch script; submits nothing."""
+    say(format_plan(plan, found))
+    if executor == "slurm":
+        ids = _placeholder_ids(found.todo, found.active)
+        for unit in plan.groups(found.todo):
+            label = unit_name(unit) + (f" (array of {len(unit)})" if len(unit) > 1 else "")
+            say(f"\n# ---- sbatch for {label}: the resources submitit requests, the job's command "
+                "(submitit runs it from a pickle; `submit --write-sbatch` writes this script)")
+            say(sbatch.render_job_script(cfg, unit, executors.dependency_string(unit, ids)))
+    elif executor == "local":
+        say(f"\nlocal executor: {local.concurrency_text(cfg)}, in this order")
+    if executor != "slurm" and (cfg.campaign.setup or cfg.campaign.container):
+        say(f"\nnote: campaign.setup and campaign.container apply to SLURM jobs; the {executor} executor "
+            "runs every job in this environment")
+    if found.stale:
+        say(f"\nstale jobs run again; their previous outputs would be moved to {Path(run) / stale.SUPERSEDED}/")
+    say("\ndry run: nothing submitted")
 
 
 def _summarize_local(run: str, plan: Plan, states: dict[str, str], say) -> int:
