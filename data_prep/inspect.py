@@ -20,8 +20,9 @@ import numpy as np
 from microcal_hpc.dataset import SPLITS, _strings, checksum_path, open_packed, verify_pixels
 
 
-def inspect_packed(path: str | os.PathLike) -> dict:
-    """Counts, shape, dtype, groups/cases per split and shared between splits, and duplicate sets."""
+def _read_splits(path) -> tuple[dict, dict[str, dict], dict[str, list[dict]]]:
+    """The file's attributes; per split its labels, groups, cases, image shape, dtype and chunks; the images
+    of each pixel hash (split, id, label, file sha256)."""
     per_split: dict[str, dict] = {}
     members: dict[str, list[dict]] = defaultdict(list)
     with open_packed(path) as f:
@@ -30,35 +31,27 @@ def inspect_packed(path: str | os.PathLike) -> dict:
             g = f[split]
             images = g["images"]
             labels = g["labels"][()].astype(np.int64)
-            ids = _strings(g["ids"])
-            groups = _strings(g["groups"])
-            cases = _strings(g["cases"])
-            hashes = _strings(g["pixel_hash"])
-            file_sha = _strings(g["sha256"])
+            ids, hashes, file_sha = _strings(g["ids"]), _strings(g["pixel_hash"]), _strings(g["sha256"])
             per_split[split] = {
-                "labels": labels, "groups": set(groups), "cases": set(cases),
+                "labels": labels, "groups": set(_strings(g["groups"])), "cases": set(_strings(g["cases"])),
                 "shape": list(images.shape[1:]), "dtype": str(images.dtype), "chunks": list(images.chunks or []),
             }
             for i in range(len(labels)):
                 members[hashes[i]].append({"split": split, "id": str(ids[i]), "label": int(labels[i]),
                                            "sha256": str(file_sha[i])})
+    return attrs, per_split, members
 
-    counts = {s: {"0": int((d["labels"] == 0).sum()), "1": int((d["labels"] == 1).sum()),
-                  "total": int(len(d["labels"]))} for s, d in per_split.items()}
-    shared_groups = sorted(per_split["train"]["groups"] & per_split["test"]["groups"])
-    shared_cases = sorted(per_split["train"]["cases"] & per_split["test"]["cases"])
 
+def _duplicate_sets(members: dict[str, list[dict]]) -> dict:
+    """Sets of images with the same pixels (within Train, within Test or across), and their pair counts."""
     sets = []
     n_pairs = {"train": 0, "test": 0, "across": 0}
     for h, ms in members.items():
         if len(ms) < 2:
             continue
         ms = sorted(ms, key=lambda m: (SPLITS.index(m["split"]), m["id"]))
-        pairs = {"train": 0, "test": 0, "across": 0}
         for a, b in combinations(ms, 2):
-            pairs[a["split"] if a["split"] == b["split"] else "across"] += 1
-        for k, v in pairs.items():
-            n_pairs[k] += v
+            n_pairs[a["split"] if a["split"] == b["split"] else "across"] += 1
         splits = sorted({m["split"] for m in ms}, key=SPLITS.index)
         sets.append({
             "pixel_hash": h,
@@ -68,7 +61,22 @@ def inspect_packed(path: str | os.PathLike) -> dict:
             "members": [{k: m[k] for k in ("split", "id", "label")} for m in ms],
         })
     sets.sort(key=lambda s: (s["members"][0]["split"] != "train", s["members"][0]["id"]))
+    return {
+        "sets": sets,
+        "n_sets": len(sets),
+        "n_pairs": sum(n_pairs.values()),
+        "n_pairs_within_train": n_pairs["train"],
+        "n_pairs_within_test": n_pairs["test"],
+        "n_pairs_across": n_pairs["across"],
+        "n_conflicting_sets": sum(s["conflicting_labels"] for s in sets),
+    }
 
+
+def inspect_packed(path: str | os.PathLike) -> dict:
+    """Counts, shape, dtype, groups/cases per split and shared between splits, and duplicate sets."""
+    attrs, per_split, members = _read_splits(path)
+    counts = {s: {"0": int((d["labels"] == 0).sum()), "1": int((d["labels"] == 1).sum()),
+                  "total": int(len(d["labels"]))} for s, d in per_split.items()}
     shapes = {tuple(d["shape"]) for d in per_split.values()}
     return {
         "path": str(path),
@@ -83,17 +91,9 @@ def inspect_packed(path: str | os.PathLike) -> dict:
         "counts": counts,
         "groups": {s: len(d["groups"]) for s, d in per_split.items()},
         "cases": {s: len(d["cases"]) for s, d in per_split.items()},
-        "shared_groups": shared_groups,
-        "shared_cases": shared_cases,
-        "duplicates": {
-            "sets": sets,
-            "n_sets": len(sets),
-            "n_pairs": sum(n_pairs.values()),
-            "n_pairs_within_train": n_pairs["train"],
-            "n_pairs_within_test": n_pairs["test"],
-            "n_pairs_across": n_pairs["across"],
-            "n_conflicting_sets": sum(s["conflicting_labels"] for s in sets),
-        },
+        "shared_groups": sorted(per_split["train"]["groups"] & per_split["test"]["groups"]),
+        "shared_cases": sorted(per_split["train"]["cases"] & per_split["test"]["cases"]),
+        "duplicates": _duplicate_sets(members),
     }
 
 
