@@ -96,7 +96,7 @@ def make_epoch_callback(s: EpochSettings, state: TrainingState, optimizer, valid
                 state.history.setdefault(k, []).append(v)
             state.epoch = epoch + 1
             if "val_loss" in row:
-                _plateau_and_early_stopping(row["val_loss"])
+                _plateau_and_early_stopping(train, state, optimizer, checkpointer, self.model, row["val_loss"])
             log.info("epoch %d/%d  %s  lr %.2e  %.1f s (%.0f img/s)", epoch + 1, train.epochs,
                      "  ".join(f"{k} {row[k]:.4f}" for k in LOGGED if k in row), row["lr"], seconds,
                      row["images_per_second"])
@@ -109,23 +109,25 @@ def make_epoch_callback(s: EpochSettings, state: TrainingState, optimizer, valid
                 log.info("early stopping: no lower validation loss for %d epochs", train.early_stopping_patience)
                 self.model.stop_training = True
 
-    def _plateau_and_early_stopping(val_loss: float) -> None:
-        if not math.isfinite(val_loss):
-            return
-        if state.best_val_loss is None or val_loss < state.best_val_loss:
-            state.best_val_loss = val_loss
-            state.epochs_since_best = 0
-            state.plateau_wait = 0
-            if train.early_stopping_patience and checkpointer is not None:
-                checkpointer.save_best(callback.model)
-            return
-        state.epochs_since_best += 1
-        state.plateau_wait += 1
-        if train.lr_schedule == "plateau" and state.plateau_wait >= PLATEAU_PATIENCE:
-            optimizer.learning_rate.assign(max(float(optimizer.learning_rate.numpy()) * PLATEAU_FACTOR, MIN_LR))
-            state.plateau_wait = 0
-        if train.early_stopping_patience and state.epochs_since_best >= train.early_stopping_patience:
-            state.stopped_early = True
+    return EpochEnd()
 
-    callback = EpochEnd()
-    return callback
+
+def _plateau_and_early_stopping(train: TrainConfig, state: TrainingState, optimizer,
+                                checkpointer: Checkpointer | None, model, val_loss: float) -> None:
+    """After a validation pass: keep the best weights, halve the rate on a plateau, flag early stopping."""
+    if not math.isfinite(val_loss):
+        return
+    if state.best_val_loss is None or val_loss < state.best_val_loss:
+        state.best_val_loss = val_loss
+        state.epochs_since_best = 0
+        state.plateau_wait = 0
+        if train.early_stopping_patience and checkpointer is not None:
+            checkpointer.save_best(model)
+        return
+    state.epochs_since_best += 1
+    state.plateau_wait += 1
+    if train.lr_schedule == "plateau" and state.plateau_wait >= PLATEAU_PATIENCE:
+        optimizer.learning_rate.assign(max(float(optimizer.learning_rate.numpy()) * PLATEAU_FACTOR, MIN_LR))
+        state.plateau_wait = 0
+    if train.early_stopping_patience and state.epochs_since_best >= train.early_stopping_patience:
+        state.stopped_early = True
