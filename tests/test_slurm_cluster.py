@@ -14,6 +14,9 @@ started once for this module by tests/slurm_cluster/start.sh and stopped at tear
 4. scancel of a running training job: `microcal-hpc status` reports it CANCELLED.
 5. Preemption: USR2 (SLURM's pre-time-limit/preemption signal) to a running training job: submitit
    checkpoints and requeues it; it resumes and ends with the full number of epochs in history.json.
+6. The slurm/*.sbatch scripts for one job by hand, submitted with sbatch and chained with --dependency,
+   run the same tiny study to a complete report, and slurm/train_horovod.sbatch trains on 2 Horovod ranks
+   started by srun.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from test_launcher_local import TINY, explain, job_env, microcal, records
 
@@ -250,6 +254,62 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
     states = {k: r["state"] for k, r in records(run).items()}
     assert states.pop("aggregate") == "PENDING" and set(states.values()) == {"COMPLETED"}, states
     print(f"\nSLURM (submit_all.sh): tiny campaign submit -> end {elapsed:.1f} s")
+
+
+def sbatch_by_hand(script: str, cwd: Path, env: dict[str, str], *options: str, args: tuple[str, ...] = ()) -> str:
+    """Submit slurm/<script>.sbatch as a user would (small memory: the test node is small); its job id."""
+    proc = subprocess.run(["sbatch", "--parsable", *options, str(REPO / "slurm" / f"{script}.sbatch"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"sbatch {script}: {proc.stderr}"
+    return proc.stdout.strip().split(";")[0]
+
+
+@pytest.mark.timeout(420)
+def test_hand_written_scripts_run_the_study_and_horovod(slurm_cluster, real_root, tmp_path):
+    from microcal_hpc.config import load_config
+
+    run, hvd, out = tmp_path / "run", tmp_path / "hvd", tmp_path / "out"
+    for d in (run, hvd, out):
+        d.mkdir()
+    cfg = load_config(None, [f"data.root={real_root}", *TINY])
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    env = slurm_env(RUN_DIR=str(run))
+    t0 = time.time()
+    pack = sbatch_by_hand("pack", out, env, "--mem=1G")
+    after_pack = [f"--dependency=afterok:{pack}", "--mem=1G"]
+    ids = {"pack": pack,
+           "official": sbatch_by_hand("cnn_official", out, env, *after_pack),
+           "folds": sbatch_by_hand("cnn_folds", out, env, *after_pack, "--array=0-1"),
+           "augment": sbatch_by_hand("cnn_augment", out, dict(env, PRESETS="flips"), *after_pack, "--array=0"),
+           "wavelet": sbatch_by_hand("wavelet_mpi", out, env, *after_pack, args=(str(run),)),
+           "baseline": sbatch_by_hand("baseline", out, env, *after_pack),
+           "horovod": sbatch_by_hand("train_horovod", out, dict(env, RUN_DIR=str(hvd), DATA=str(run / "data" / "packed.h5"),
+                                                                 CONFIG=str(run / "config.yaml")),
+                                     *after_pack, "--cpus-per-task=1", "--mem=3G")}
+    ids["aggregate"] = sbatch_by_hand("aggregate", out, env, "--mem=1G",
+                                      "--dependency=afterany:" + ":".join(v for k, v in ids.items() if k != "horovod"))
+
+    def logs() -> str:
+        text = [squeue_text(), json.dumps(sacct_states(list(ids.values())))]
+        for p in sorted(out.glob("*.out")) + sorted(hvd.glob("cnn/official/*.log")):
+            text.append(f"--- {p}\n{p.read_text(errors='replace')[-2500:]}")
+        return "\n".join(text)
+
+    def finished() -> bool:
+        states = sacct_states(list(ids.values()))
+        return len(states) >= 9 and all(s in TERMINAL for s in states.values())
+
+    wait_for(finished, 380, "the hand-submitted jobs to end", logs, every=2.0)
+    elapsed = time.time() - t0
+    states = sacct_states(list(ids.values()))
+    assert set(states.values()) == {"COMPLETED"}, logs()
+    assert {f"{ids['folds']}_0", f"{ids['folds']}_1", f"{ids['augment']}_0"} <= set(states)  # arrays
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["cnn_folds"]["present"] == [0, 1], metrics["status"]
+    assert "on 2 rank(s)" in (run / "wavelet" / "features.log").read_text()  # srun --mpi=pmix: one MPI world
+    hvd_metrics = json.loads((hvd / "cnn" / "official" / "metrics.json").read_text())
+    assert hvd_metrics["distributed"] == {"mode": "horovod", "size": 2}, logs()
+    print(f"\nSLURM (slurm/*.sbatch by hand): tiny study and a 2-rank Horovod job, submit -> end {elapsed:.1f} s")
 
 
 # what scontrol records of a job's request, compared between the two paths
