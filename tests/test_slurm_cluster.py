@@ -136,6 +136,26 @@ def sacct_states(ids: list[str]) -> dict[str, str]:
     return {line.split("|")[0]: line.split("|")[1].split(" ")[0] for line in out.splitlines() if "|" in line}
 
 
+def wait_all_completed(ids: list[str], rows: int, log_files, timeout: float, what: str):
+    """Wait until the ``rows`` sacct rows of ``ids`` (each task of an array is a row) have ended, and assert
+    that every one COMPLETED. Returns their states and a function giving squeue, sacct and the tails of
+    ``log_files()`` (the message of a failed assertion)."""
+    def logs() -> str:
+        text = [squeue_text(), json.dumps(sacct_states(ids))]
+        for p in log_files():
+            text.append(f"--- {p}\n{p.read_text(errors='replace')[-2500:]}")
+        return "\n".join(text)
+
+    def finished() -> bool:
+        states = sacct_states(ids)
+        return len(states) >= rows and all(s in TERMINAL for s in states.values())
+
+    wait_for(finished, timeout, what, logs, every=2.0)
+    states = sacct_states(ids)
+    assert set(states.values()) == {"COMPLETED"}, logs()
+    return states, logs
+
+
 def raw_job_ids(job_ids: list[str]) -> set[str]:
     """The jobs' own SLURM_JOB_IDs: every task of an array (``12``, ``12_1``) has one of its own."""
     bases = sorted({str(j).split("_")[0] for j in job_ids})
@@ -214,20 +234,9 @@ def test_submit_all_script_completes(slurm_cluster, real_root, tmp_path):
     assert {k: r["job_id"] for k, r in recs.items() if "fold" not in k} == \
         {k: ids[k] for k in ids if k != "cnn-folds"}
 
-    def logs() -> str:
-        text = [squeue_text(), json.dumps(sacct_states(list(ids.values())))]
-        for p in sorted((run / "logs").glob("*.*")):
-            text.append(f"--- {p}\n{p.read_text(errors='replace')[-2500:]}")
-        return "\n".join(text)
-
-    def finished() -> bool:
-        states = sacct_states(list(ids.values()))
-        return len(states) >= 9 and all(s in TERMINAL for s in states.values())
-
-    wait_for(finished, 360, "submit_all.sh's jobs to end", logs, every=2.0)
+    states, logs = wait_all_completed(list(ids.values()), 9, lambda: sorted((run / "logs").glob("*.*")), 360,
+                                      "submit_all.sh's jobs to end")
     elapsed = time.time() - t0
-    states = sacct_states(list(ids.values()))
-    assert set(states.values()) == {"COMPLETED"}, logs()
     assert {f"{ids['cnn-folds']}_0", f"{ids['cnn-folds']}_1"} <= set(states)  # the folds ran as one array
     for name in ("official", "fold-0", "fold-1", "augment-flips"):
         assert (run / "cnn" / name / "metrics.json").is_file(), logs()
@@ -289,20 +298,10 @@ def test_hand_written_scripts_run_the_study_and_horovod(slurm_cluster, real_root
     ids["aggregate"] = sbatch_by_hand("aggregate", out, env, "--mem=1G",
                                       "--dependency=afterany:" + ":".join(v for k, v in ids.items() if k != "horovod"))
 
-    def logs() -> str:
-        text = [squeue_text(), json.dumps(sacct_states(list(ids.values())))]
-        for p in sorted(out.glob("*.out")) + sorted(hvd.glob("cnn/official/*.log")):
-            text.append(f"--- {p}\n{p.read_text(errors='replace')[-2500:]}")
-        return "\n".join(text)
-
-    def finished() -> bool:
-        states = sacct_states(list(ids.values()))
-        return len(states) >= 9 and all(s in TERMINAL for s in states.values())
-
-    wait_for(finished, 380, "the hand-submitted jobs to end", logs, every=2.0)
+    states, logs = wait_all_completed(list(ids.values()), 9,
+                                      lambda: sorted(out.glob("*.out")) + sorted(hvd.glob("cnn/official/*.log")), 380,
+                                      "the hand-submitted jobs to end")
     elapsed = time.time() - t0
-    states = sacct_states(list(ids.values()))
-    assert set(states.values()) == {"COMPLETED"}, logs()
     assert {f"{ids['folds']}_0", f"{ids['folds']}_1", f"{ids['augment']}_0"} <= set(states)  # arrays
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert metrics["complete"] and metrics["cnn_folds"]["present"] == [0, 1], metrics["status"]
