@@ -89,3 +89,23 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
                    str(tmp_path / "o.csv")])
     assert rc == 2
     assert "model.keras: trained model not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_command_prints_its_own_lines_not_tensorflows_start_up_lines(trained_job, packed_synthetic, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cli_helpers import cli_env
+
+    env = {k: v for k, v in cli_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as in a user's shell
+    out = tmp_path / "scores.csv"
+    proc = subprocess.run([sys.executable, "-m", "jobs", "predict", "--model", str(trained_job), "--images",
+                           str(packed_synthetic), "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=150, cwd=os.fspath(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert any("images scored" in line for line in lines), lines
+    assert not [line for line in lines if "tensorflow/core" in line or "rebuild TensorFlow" in line], lines

@@ -179,9 +179,10 @@ def _train_cnn(cfg: Config, data: str | Path, job_dir: Path, name: str, ctx, tim
         devices = describe_devices()
         log.info(format_devices(devices))
         log.info("%s: %d training, %d validation, %d official Test images (input: %s); augment=%s, precision=%s, "
-                 "%d ranks (%s)%s", name, len(d.train), len(d.val), len(d.test),
+                 "%d rank%s (%s)%s", name, len(d.train), len(d.val), len(d.test),
                  ", ".join(f"{k} {v}" for k, v in d.input.items()), train.augment, resolve_mixed_precision(train),
-                 ctx.size, ctx.name, f"; resuming after epoch {state.epoch}" if state.epoch else "")
+                 ctx.size, "s" if ctx.size > 1 else "", ctx.name,
+                 f"; resuming after epoch {state.epoch}" if state.epoch else "")
         timer.lap("build")
 
         first_epoch = state.epoch
