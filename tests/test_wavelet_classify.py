@@ -163,7 +163,7 @@ def test_fits_of_all_models_share_one_pool_and_do_not_depend_on_it(tmp_path):
         assert all(np.array_equal(a[k], b[k]) for k in a.files), m  # bit-identical scores
         ma, mb = (json.loads((outputs[n] / m / "metrics.json").read_text()) for n in (1, 2))
         assert ma["cv"] == mb["cv"] and ma["test"] == mb["test"]
-        assert len(ma["fit_seconds"]) == len(ma["fit_cpu_seconds"]) == 6
+        assert len(ma["fit_seconds"]) == len(ma["fit_cpu_seconds"]) == 6 and ma["fits_not_converged"] == 0
         lines = (outputs[2] / m / "classify.log").read_text().splitlines()
         assert len(lines) == len(set(lines)) == 1 + 6 + 1  # header, one line per fit, summary: each once
         assert ma["cv"]["summary"]["auc"]["mean"] > 0.7
@@ -210,3 +210,27 @@ def test_n_jobs_zero_means_every_core_of_the_affinity_mask():
     assert out.stdout.strip() == "1"
     with pytest.raises(ConfigError, match="classify.n_jobs must be >= 0"):
         Config(classify=type(Config().classify)(n_jobs=-1)).validate()
+
+
+def test_a_fit_that_stops_at_its_iteration_limit_is_recorded_and_other_warnings_pass_on():
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    from microcal_hpc.wavelet.evaluate import fit_and_score
+
+    class WarnsOnFit(LogisticRegression):
+        def fit(self, X, y):
+            warnings.warn("a warning of another kind", UserWarning)
+            return super().fit(X, y)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    y = (X[:, 0] > 0).astype(int)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        stopped = fit_and_score(lambda: MLPClassifier(max_iter=2, random_state=0), X, None, y, X, None)
+        other = fit_and_score(WarnsOnFit, X, None, y, X, None)
+    assert (stopped["converged"], other["converged"]) == (False, True)
+    assert [str(w.message) for w in shown] == ["a warning of another kind"]  # no ConvergenceWarning printed

@@ -18,7 +18,7 @@ knn  StandardScaler + 15 nearest neighbours, distance-weighted votes
 nb   Gaussian naive Bayes (scale-free)
 dt   one decision tree, depth <= 6, >= 5 images per leaf (an interpretable, weak reference)
 mlp  StandardScaler + MLP, one hidden layer of 32 ReLU units, L2 alpha=1.0, Adam, 100 epochs (a fixed
-     training length: scikit-learn warns that it has not converged)
+     training length: scikit-learn's ConvergenceWarning, counted in metrics.json's fits_not_converged)
 hgb  histogram gradient boosting, 100 trees of <= 15 leaves, 31 histogram bins per feature, learning rate
      0.1, L2 1.0, no early stopping
 ==== ======================================================================================================

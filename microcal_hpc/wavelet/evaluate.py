@@ -17,11 +17,13 @@ Used by the wavelet classifiers (arm ``wavelet``) and the grey-level shortcut ba
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -56,6 +58,7 @@ class Evaluation:
     fit_seconds: list[float]  # wall time of each fit + scoring (folds in order, then the final fit)
     fit_cpu_seconds: list[float]  # CPU time of the same (each fit is single-threaded)
     elapsed_s: float  # from the start of the model's first fit to the end of its last
+    fits_not_converged: int  # fits that stopped at their iteration limit (ConvergenceWarning)
 
 
 @dataclass
@@ -126,12 +129,31 @@ def fit_and_score(make_model: Callable, X_fit: np.ndarray, fit_rows: Optional[np
     from threadpoolctl import threadpool_limits
 
     started, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), _convergence_noted() as converged:
         model = make_model()
         model.fit(X_fit if fit_rows is None else X_fit[fit_rows], y_fit)
         s = scores(model, X_eval if eval_rows is None else X_eval[eval_rows])
     return {"score": s, "score_kind": score_kind(model), "estimator": _compact_repr(model), "started": started,
-            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0, "pid": os.getpid()}
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0, "pid": os.getpid(),
+            "converged": converged[0]}
+
+
+@contextlib.contextmanager
+def _convergence_noted():
+    """Yield a one-item list that ends up False if the block raised scikit-learn's ConvergenceWarning (a fit
+    that stopped at its iteration limit: the MLP's fixed number of epochs, by design); that warning is
+    recorded there instead of printed (once per fit, it filled the job's log). Other warnings pass on."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    converged = [True]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield converged
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            converged[0] = False
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _sklearn_version() -> str:
@@ -168,7 +190,8 @@ def _evaluation(job: ModelJob, results: list[dict], n_boot: int, boot_seed: int)
                       score_kind=results[-1]["score_kind"], estimator=results[-1]["estimator"],
                       fit_seconds=[round(r["seconds"], 3) for r in results],
                       fit_cpu_seconds=[round(r["cpu_seconds"], 3) for r in results],
-                      elapsed_s=ended - min(r["started"] for r in results))
+                      elapsed_s=ended - min(r["started"] for r in results),
+                      fits_not_converged=sum(not r["converged"] for r in results))
 
 
 def fingerprint(**parts: Any) -> str:
@@ -223,6 +246,7 @@ def write_outputs(job: ModelJob, ev: Evaluation, cfg, fp: str) -> Path:
         "fit_seconds": ev.fit_seconds,
         "fit_cpu_seconds": ev.fit_cpu_seconds,
         "elapsed_s": round(ev.elapsed_s, 3),
+        "fits_not_converged": ev.fits_not_converged,
     }
     metrics.update(job.extra, inputs=job.inputs, fingerprint=fp)
     write_json(job_dir / "metrics.json", metrics)
@@ -309,9 +333,11 @@ def _finish(job: ModelJob, fp: str, results: list[dict], cfg, mlog: logging.Logg
     ev = _evaluation(job, results, cfg.report.bootstrap, cfg.report.seed)
     write_outputs(job, ev, cfg, fp)
     lo, hi = ev.test["auc_ci"]
-    mlog.info("%s: CV AUC %.4f +- %.4f (pooled out-of-fold %.4f); Test AUC %.4f [%.4f, %.4f]; wrote %s", job.name,
-              ev.summary["auc"]["mean"], ev.summary["auc"]["std"], ev.pooled["auc"], ev.test["auc"], lo, hi,
-              job.job_dir)
+    limit = (f"; {ev.fits_not_converged} of {len(results)} fits stopped at their iteration limit before "
+             "converging" if ev.fits_not_converged else "")
+    mlog.info("%s: CV AUC %.4f +- %.4f (pooled out-of-fold %.4f); Test AUC %.4f [%.4f, %.4f]%s; wrote %s",
+              job.name, ev.summary["auc"]["mean"], ev.summary["auc"]["std"], ev.pooled["auc"], ev.test["auc"], lo,
+              hi, limit, job.job_dir)
 
 
 def run_model_job(job_dir: str | os.PathLike, make_model: Callable, X_train: np.ndarray, meta_train: Split,
