@@ -71,7 +71,8 @@ def describe_devices() -> dict:
 def format_devices(d: dict) -> str:
     gpus = ", ".join(d["gpus"]) or "none"
     return (f"devices: {', '.join(d['logical'])}; GPUs: {gpus}; CUDA_VISIBLE_DEVICES={d['cuda_visible_devices']}; "
-            f"{d['cpu_cores']} CPU cores allowed, {d['intra_op_threads']} intra-op / {d['inter_op_threads']} "
+            f"{d['cpu_cores']} CPU core{'s' if d['cpu_cores'] != 1 else ''} allowed, {d['intra_op_threads']} "
+            f"intra-op / {d['inter_op_threads']} "
             "inter-op threads")
 
 
