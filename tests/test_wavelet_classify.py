@@ -231,6 +231,7 @@ def test_a_fit_that_stops_at_its_iteration_limit_is_recorded_and_other_warnings_
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         stopped = fit_and_score(lambda: MLPClassifier(max_iter=2, random_state=0), X, None, y, X, None)
+        again = fit_and_score(lambda: MLPClassifier(max_iter=2, random_state=0), X, None, y, X, None)
         other = fit_and_score(WarnsOnFit, X, None, y, X, None)
-    assert (stopped["converged"], other["converged"]) == (False, True)
+    assert (stopped["converged"], again["converged"], other["converged"]) == (False, False, True)  # every fit
     assert [str(w.message) for w in shown] == ["a warning of another kind"]  # no ConvergenceWarning printed

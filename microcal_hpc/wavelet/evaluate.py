@@ -142,18 +142,23 @@ def fit_and_score(make_model: Callable, X_fit: np.ndarray, fit_rows: Optional[np
 def _convergence_noted():
     """Yield a one-item list that ends up False if the block raised scikit-learn's ConvergenceWarning (a fit
     that stopped at its iteration limit: the MLP's fixed number of epochs, by design); that warning is
-    recorded there instead of printed (once per fit, it filled the job's log). Other warnings pass on."""
+    counted there instead of printed (once per fit, it filled the job's log). Every other warning goes
+    through the filters and printing it would have met without this block."""
     from sklearn.exceptions import ConvergenceWarning
 
     converged = [True]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():  # restores the filters and showwarning on exit
+        warnings.filterwarnings("always", category=ConvergenceWarning)  # each fit's own, not once per process
+        show = warnings.showwarning
+
+        def show_or_count(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ConvergenceWarning):
+                converged[0] = False
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_or_count
         yield converged
-    for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
-            converged[0] = False
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _sklearn_version() -> str:
