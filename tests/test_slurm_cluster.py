@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli_helpers import poll
 from test_launcher_local import TINY, explain, job_env, microcal, records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,14 +121,10 @@ def live_states(run: Path) -> dict[str, str]:
     return {r.key: r.state for r in status.collect(run)}
 
 
-def wait_for(predicate, timeout: float, what: str, on_fail, every: float = 1.0) -> float:
+def wait_for(predicate, timeout: float, what: str, on_fail, every: float = 1.0) -> None:
     """Poll ``predicate`` every ``every`` s until true; fail with ``on_fail()`` after ``timeout`` s."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if predicate():
-            return time.time() - t0
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{on_fail()}")
+    if not poll(predicate, timeout, every):
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{on_fail()}")
 
 
 def sacct_states(ids: list[str]) -> dict[str, str]:
