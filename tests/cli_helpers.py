@@ -31,3 +31,15 @@ def poll(condition: Callable[[], bool], timeout: float, every: float) -> bool:
             return False
         time.sleep(every)
     return True
+
+
+def wait_while_running(proc, condition: Callable[[], bool], timeout: float, every: float, never: str,
+                       ended: Callable = lambda proc: proc.stderr.read()) -> None:
+    """Check ``condition()`` every ``every`` s until it holds, asserting all along that ``proc`` (a Popen,
+    or None for none) is still running (message: ``ended(proc)``) and that ``timeout`` s have not passed
+    (message: ``never``)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, ended(proc)
+        assert time.monotonic() < deadline, never
+        time.sleep(every)

@@ -14,11 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cli_helpers import wait_while_running
 
 pytestmark = [pytest.mark.slow]
 tf = pytest.importorskip("tensorflow")
@@ -68,11 +69,8 @@ def test_a_job_killed_mid_epoch_resumes_to_bit_identical_outputs(packed_syntheti
                                                                          epochs, augment)],
                                 env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert killed.poll() is None, f"the job ended before it was killed:\n{killed.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "the job never reached epoch 2"
-            time.sleep(0.05)
+        wait_while_running(killed, marker.exists, 300, 0.05, "the job never reached epoch 2",
+                           lambda p: f"the job ended before it was killed:\n{p.stderr.read()[-2000:]}")
         os.kill(killed.pid, signal.SIGKILL)  # inside epoch 2: no chance to clean up or to checkpoint
         assert killed.wait(timeout=60) == -signal.SIGKILL
         assert straight.wait(timeout=300) == 0, straight.stderr.read()[-2000:]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import wait_while_running
 from test_faults_mpi import STOP_SECONDS, children, gone, signal_and_wait, stop
 
 pytestmark = [pytest.mark.horovod, pytest.mark.slow]
@@ -82,11 +83,8 @@ def checkpointed_epoch(job: Path) -> int:
 
 
 def run_until_checkpoint(proc: subprocess.Popen, job: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while checkpointed_epoch(job) < 1:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.1)
+    wait_while_running(proc, lambda: checkpointed_epoch(job) >= 1, timeout, 0.1, "no checkpoint was written",
+                       lambda p: p.communicate()[1][-3000:])
 
 
 def assert_checkpoint_intact(job: Path) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import cli_env, poll
+from cli_helpers import cli_env, poll, wait_while_running
 from microcal_hpc.config import Config
 from microcal_hpc.launcher import records
 from microcal_hpc.launcher.plan import JobSpec
@@ -71,11 +71,9 @@ def rank_processes(launcher_pid: int) -> dict[int, int]:
 
 
 def wait_until_working(ready: Path, proc: subprocess.Popen | None = None, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not ((ready / "rank-0").exists() and (ready / "rank-1").exists()):
-        assert proc is None or proc.poll() is None, proc.stderr.read() if proc.stderr else "the job ended early"
-        assert time.monotonic() < deadline, "the ranks never started working"
-        time.sleep(0.05)
+    wait_while_running(proc, lambda: (ready / "rank-0").exists() and (ready / "rank-1").exists(), timeout, 0.05,
+                       "the ranks never started working",
+                       lambda p: p.stderr.read() if p.stderr else "the job ended early")
 
 
 def temporaries(folder: Path) -> list[str]:

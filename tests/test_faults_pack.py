@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import pytest
 
-from cli_helpers import cli_env
+from cli_helpers import cli_env, wait_while_running
 from test_pack import raw_pgm_tree
 
 pytestmark = pytest.mark.timeout(120)
@@ -127,11 +126,8 @@ def test_the_next_pack_removes_a_killed_packs_temporary_file_and_nothing_else(tm
     proc = subprocess.Popen([sys.executable, "-m", "jobs", "pack", "--data", str(root), "--out", str(out)],
                             stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
-        deadline = time.monotonic() + 60
-        while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the temporary output never appeared"
-            time.sleep(0.02)
+        wait_while_running(proc, lambda: any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), 60, 0.02,
+                           "the temporary output never appeared")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

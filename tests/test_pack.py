@@ -23,7 +23,7 @@ from data_prep.pack import log_path_for, pack_job
 from microcal_hpc.config import Config, DataConfig
 from microcal_hpc.dataset import load_split, read_images, split_length
 
-from cli_helpers import cli_env, write_pgm
+from cli_helpers import cli_env, wait_while_running, write_pgm
 
 
 def raw_pgm_tree(root: Path, n_per_class: int, shape=(60, 60), seed=0) -> Path:
@@ -262,11 +262,8 @@ def test_sigterm_during_pack_removes_the_temporary_and_keeps_the_old_file(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "jobs", "pack", "--data", str(root), "--out", str(out),
                              "--force"], stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
-        deadline = time.monotonic() + 30
-        while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the temporary output never appeared"
-            time.sleep(0.02)
+        wait_while_running(proc, lambda: any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), 30, 0.02,
+                           "the temporary output never appeared")
         time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

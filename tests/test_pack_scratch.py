@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cli_helpers import cli_env, write_pgm
+from cli_helpers import cli_env, wait_while_running, write_pgm
 from data_prep import extsort
 from data_prep.pack import pack_tree, scan_tree
 from microcal_hpc.config import DataConfig
@@ -142,11 +142,8 @@ def _pack_blocked_on_a_fifo(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "packed.h5"
     proc = subprocess.Popen([sys.executable, "-c", TINY_RUNS_CLI, "pack", "--data", str(root), "--out", str(out)],
                             stderr=subprocess.PIPE, text=True, env=cli_env())
-    deadline = time.monotonic() + 60
-    while _temporaries(tmp_path) != ["output", "scratch"]:
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "the scratch folder and temporary output never appeared"
-        time.sleep(0.02)
+    wait_while_running(proc, lambda: _temporaries(tmp_path) == ["output", "scratch"], 60, 0.02,
+                       "the scratch folder and temporary output never appeared")
     return proc, out
 
 
